@@ -1,3 +1,16 @@
-"""Adaptive Stochastic Weight Averaging for Keras 3."""
+"""Adaptive Stochastic Weight Averaging for Keras 3.
+
+Example:
+
+```python
+from keras_aswa import ASWA
+
+model.fit(x, y, validation_split=0.1, epochs=50, callbacks=[ASWA()])
+```
+"""
+
+from keras_aswa.callbacks import ASWA
 
 __version__ = "0.1.0"
+
+__all__ = ["ASWA", "__version__"]

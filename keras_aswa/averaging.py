@@ -1,0 +1,176 @@
+"""The weight arithmetic every averaging callback shares.
+
+`WeightAverage` keeps an equal-weight running average of a model's
+floating-point variables, on the device where they live, with `keras.ops`
+only: no copy through host memory. ASWA and SWA differ only in when they call
+`restart` and `update`; the arithmetic, the dtype rules and the swapping in
+and out of the model live here once.
+
+Dtype rules: the average accumulates in float32, or float64 for float64
+variables, whatever the variable's own dtype, and is rounded to the variable's
+dtype once, when written into the model. Variables that are not floating
+point (step counters, seed-generator state, int8 kernels) are never averaged:
+the model keeps its running values for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from keras import backend, ops
+
+
+def accumulation_dtype(dtype) -> str | None:
+    """The dtype a variable of `dtype` is averaged in, or None if never.
+
+    Args:
+        dtype: A variable's dtype.
+
+    Returns:
+        `"float64"` for float64 variables, `"float32"` for every other
+        floating-point dtype (bfloat16, float16, float8 included), None for
+        integer and boolean dtypes.
+    """
+    dtype = backend.standardize_dtype(dtype)
+    if not backend.is_float_dtype(dtype):
+        return None
+    return "float64" if dtype == "float64" else "float32"
+
+
+def _read(variable):
+    # A read detached from autograd (torch) and from the variable's buffer
+    # (TF and torch reads alias it): the variable may change under us later.
+    return ops.stop_gradient(variable.value)
+
+
+def _snapshot(variable, dtype):
+    value = _read(variable)
+    if backend.standardize_dtype(value.dtype) != dtype:
+        return ops.cast(value, dtype)
+    return ops.copy(value)
+
+
+def _blend(average, variable, count):
+    # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
+    theta = ops.cast(_read(variable), average.dtype)
+    return ops.add(average, ops.divide(ops.subtract(theta, average), count + 1))
+
+
+class WeightAverage:
+    """An equal-weight running average of a list of Keras variables.
+
+    Args:
+        variables: The variables to average, usually `model.weights`. Their
+            order is the order of `numpy()`.
+
+    Example:
+
+    ```python
+    average = WeightAverage(model.weights)
+    average.restart()        # E <- θ, n = 1
+    ...                      # train
+    average.update()         # E <- E + (θ - E) / (n + 1), n = n + 1
+    with average.provisional():
+        model.evaluate(...)  # the model holds E + (θ - E) / (n + 1)
+    average.apply()          # the model holds E
+    ```
+    """
+
+    def __init__(self, variables: Sequence):
+        self.variables = list(variables)
+        self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the average: no members."""
+        self.average: list | None = None
+        self.count = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.average is None
+
+    def restart(self) -> None:
+        """Restarts the average from the variables' current values (n = 1)."""
+        self.average = [
+            None if dtype is None else _snapshot(v, dtype)
+            for v, dtype in zip(self.variables, self.dtypes)
+        ]
+        self.count = 1
+
+    def update(self) -> None:
+        """Adds the variables' current values as one more member."""
+        if self.average is None:
+            self.restart()
+            return
+        # In place, one variable at a time, so that the old and the new average
+        # are never alive whole at once.
+        for i, (v, avg) in enumerate(zip(self.variables, self.average)):
+            if avg is not None:
+                self.average[i] = _blend(avg, v, self.count)
+        self.count += 1
+
+    @contextlib.contextmanager
+    def provisional(self) -> Iterator[None]:
+        """Shows the provisional average `E + (θ - E) / (n + 1)` in the model.
+
+        Inside the block the variables hold the average with their current
+        values added as one more member; on leaving it they hold exactly their
+        values from before, whatever happened inside. The block costs one
+        extra copy of the float variables (their values, kept to restore).
+
+        Raises:
+            RuntimeError: If the average has no member yet.
+        """
+        self._require_members()
+        saved = []
+        try:
+            for v, avg in zip(self.variables, self.average):
+                if avg is None:
+                    continue
+                blended = ops.cast(_blend(avg, v, self.count), v.dtype)
+                saved.append((v, ops.copy(_read(v))))
+                v.assign(blended)
+            yield
+        finally:
+            for v, value in saved:
+                v.assign(value)
+
+    def apply(self) -> None:
+        """Writes the average into the variables, rounded to their dtype.
+
+        Non-float variables keep their values.
+
+        Raises:
+            RuntimeError: If the average has no member yet.
+        """
+        self._require_members()
+        for v, avg in zip(self.variables, self.average):
+            if avg is not None:
+                # A fresh buffer: on JAX the variable takes ownership of what
+                # it is assigned, and the average must outlive that.
+                v.assign(ops.copy(ops.cast(avg, v.dtype)))
+
+    def numpy(self) -> list[np.ndarray]:
+        """The average as numpy arrays, in the order of `variables`.
+
+        Float entries are in their accumulation dtype (float32 or float64);
+        non-float entries are the variables' current values.
+
+        Raises:
+            RuntimeError: If the average has no member yet.
+        """
+        self._require_members()
+        return [
+            ops.convert_to_numpy(_read(v) if avg is None else avg)
+            for v, avg in zip(self.variables, self.average)
+        ]
+
+    def _require_members(self):
+        if self.average is None:
+            raise RuntimeError(
+                "The weight average has no member yet: no epoch has been "
+                "averaged. Train for at least one scored epoch first."
+            )

@@ -1,0 +1,196 @@
+"""Where the validation scores come from.
+
+A scorer answers two questions at each epoch end: the running model's score
+and the score of whatever weights the model holds right now (the provisional
+ensemble). Three sources:
+
+- `FitValidation`: `fit`'s own validation. The running score is read from the
+  epoch logs; the provisional ensemble is evaluated on the very iterator `fit`
+  validates with, so its data, batching and compiled test function are reused
+  (one extra evaluation per epoch, no re-tracing).
+- `DataValidation`: data given to the callback. Both scores are evaluated on
+  it, so that they are comparable.
+- `FunctionScore`: a user's `score_fn(model) -> float` scores both.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+
+# A score of None means: this epoch has none.
+Score = float | None
+
+
+class Scorer:
+    """How a callback gets its scores. Subclasses implement both methods."""
+
+    def running(self, model, logs: dict) -> Score:
+        raise NotImplementedError
+
+    def current(self, model) -> float:
+        raise NotImplementedError
+
+
+def _metric_name(monitor: str) -> str:
+    return monitor.removeprefix("val_")
+
+
+def _evaluated(results: dict, monitor: str) -> float:
+    name = _metric_name(monitor)
+    if name not in results:
+        raise ValueError(
+            f"monitor={monitor!r}: the evaluation returned no {name!r}. "
+            f"It returned: {sorted(results)}."
+        )
+    return float(results[name])
+
+
+class FitValidation(Scorer):
+    """Scores from `fit`'s own validation data.
+
+    Args:
+        monitor: A validation quantity of the epoch logs, e.g. `"val_loss"`.
+    """
+
+    def __init__(self, monitor: str):
+        if not monitor.startswith("val_"):
+            raise ValueError(
+                f"monitor={monitor!r} is not a validation quantity: the "
+                "ensemble is scored on validation data, so monitor one, such "
+                "as 'val_loss' or 'val_accuracy', or pass `score_fn`."
+            )
+        self.monitor = monitor
+
+    def running(self, model, logs):
+        if self.monitor in logs:
+            return float(logs[self.monitor])
+        validation_keys = [k for k in logs if k.startswith("val_")]
+        if validation_keys:
+            raise ValueError(
+                f"monitor={self.monitor!r} is not in the epoch logs. The "
+                f"logs have: {sorted(logs)}. Pass one of the 'val_' keys as "
+                "monitor."
+            )
+        return None  # no validation this epoch (validation_freq > 1)
+
+    def current(self, model):
+        if getattr(model, "_eval_epoch_iterator", None) is None:
+            raise RuntimeError(
+                "This version of Keras does not keep fit's validation iterator "
+                "where keras_aswa expects it. Pass `validation_data` to the "
+                "callback instead."
+            )
+        # `fit` caches the validation iterator for the length of the fit;
+        # evaluating through it reuses data and compiled function alike.
+        results = model.evaluate(
+            verbose=0, return_dict=True, _use_cached_eval_dataset=True
+        )
+        return _evaluated(results, self.monitor)
+
+
+class DataValidation(Scorer):
+    """Scores both models by evaluating on data given to the callback.
+
+    Args:
+        monitor: The quantity; a leading `val_` is dropped to find it in the
+            results of `model.evaluate`.
+        data: Anything `model.evaluate` accepts as `x`, or an `(x, y)` or
+            `(x, y, sample_weight)` tuple of arrays.
+        batch_size: Passed to `model.evaluate` for array data.
+    """
+
+    def __init__(self, monitor: str, data, batch_size: int | None = None):
+        self.monitor = monitor
+        self.data = data
+        self.batch_size = batch_size
+
+    def running(self, model, logs):
+        return self.current(model)
+
+    def current(self, model):
+        x, y, sample_weight = _unpack(self.data)
+        results = model.evaluate(
+            x,
+            y,
+            sample_weight=sample_weight,
+            batch_size=self.batch_size,
+            verbose=0,
+            return_dict=True,
+        )
+        return _evaluated(results, self.monitor)
+
+
+class FunctionScore(Scorer):
+    """Scores both models with `score_fn(model) -> float`.
+
+    Args:
+        score_fn: Called with the model holding the weights to score.
+    """
+
+    def __init__(self, score_fn: Callable):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable; got {score_fn!r}.")
+        self.score_fn = score_fn
+
+    def running(self, model, logs):
+        return self.current(model)
+
+    def current(self, model):
+        return as_score(self.score_fn(model), "score_fn")
+
+
+def as_score(value, source: str) -> float:
+    """A single float from a scalar of any framework.
+
+    NaN and infinities pass through: the decision rule treats them as the
+    worst score. Anything that is not one number is an error.
+
+    Raises:
+        TypeError: If `value` is not a single real number.
+    """
+    try:
+        array = np.asarray(value)
+        if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError
+        score = float(array.reshape(()))
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{source} must return a single real number (a float or a scalar "
+            f"tensor); it returned {value!r}."
+        ) from None
+    return score
+
+
+def _unpack(data):
+    if isinstance(data, tuple) and 1 <= len(data) <= 3:
+        return tuple(data) + (None,) * (3 - len(data))
+    return data, None, None
+
+
+def fit_has_validation(model) -> bool | None:
+    """Whether the `fit` call that is running `model` validates.
+
+    Keras does not tell callbacks whether `fit` got validation data; without
+    knowing, a missing validation set would only show after a whole epoch.
+    `fit`'s frame, found by walking up the stack from a callback hook, holds
+    it (`validation_split` is already turned into `validation_data` by the
+    time callbacks start).
+
+    Returns:
+        True or False when the frame is found, None when it is not.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if (
+                frame.f_code.co_name == "fit"
+                and frame.f_locals.get("self") is model
+            ):
+                return frame.f_locals.get("validation_data") is not None
+            frame = frame.f_back
+        return None
+    finally:
+        del frame

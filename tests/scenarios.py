@@ -1,0 +1,96 @@
+"""Seeded training runs shared by the tests and the cross-backend check.
+
+Everything random is drawn with numpy, so a run starts from the same weights
+and sees the same batches on every backend.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def regression_data(seed: int = 0, n_train: int = 256, n_val: int = 128):
+    """A noisy non-linear regression problem: (x, y), (x_val, y_val)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(8, 1))
+
+    def draw(n):
+        x = rng.normal(size=(n, 8)).astype("float32")
+        y = np.tanh(x @ w) + 0.5 * rng.normal(size=(n, 1))
+        return x, y.astype("float32")
+
+    return draw(n_train), draw(n_val)
+
+
+def regression_model(seed: int = 0, dtype=None, extra_layers=()):
+    """Dense -> BatchNorm -> Dense, weights drawn with numpy from `seed`."""
+    rng = np.random.default_rng(seed + 1)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="tanh", dtype=dtype),
+            keras.layers.BatchNormalization(dtype=dtype),
+            *extra_layers,
+            keras.layers.Dense(1, dtype=dtype),
+        ]
+    )
+    set_numpy_weights(model, rng)
+    return model
+
+
+def set_numpy_weights(model, rng):
+    """Draws every float weight with numpy (variances kept positive)."""
+    values = []
+    for v in model.weights:
+        dtype = keras.backend.standardize_dtype(v.dtype)
+        if not keras.backend.is_float_dtype(dtype):
+            values.append(keras.ops.convert_to_numpy(v))
+            continue
+        value = rng.normal(scale=0.5, size=v.shape)
+        if "variance" in v.path:
+            value = np.abs(value) + 0.5
+        values.append(value.astype("float32"))
+    model.set_weights(values)
+
+
+# An Adam run whose ASWA decisions include init, hard, soft and reject, with
+# a margin between compared scores far above cross-backend float noise.
+ADAM_LR = 0.05
+EPOCHS = 12
+BATCH_SIZE = 32
+
+
+def aswa_run(callbacks, seed: int = 0, dtype=None, epochs: int = EPOCHS, **fit_kw):
+    """Trains the regression model with `callbacks`; returns the model."""
+    (x, y), (xv, yv) = regression_data(seed)
+    model = regression_model(seed, dtype=dtype)
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    fit_kw.setdefault("validation_data", (xv, yv))
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+        **fit_kw,
+    )
+    return model
+
+
+class SnapshotRecorder(keras.callbacks.Callback):
+    """Records the running weights at each epoch end (place before ASWA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.snapshots = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.snapshots[epoch] = [
+            keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
+            if keras.backend.is_float_dtype(v.dtype)
+            else keras.ops.convert_to_numpy(v)
+            for v in self.model.weights
+        ]

@@ -1,0 +1,191 @@
+"""The shared weight arithmetic against numpy."""
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_aswa.averaging import WeightAverage, accumulation_dtype
+
+
+def variables(rng, dtype="float32"):
+    return [
+        keras.Variable(rng.normal(size=(3, 4)), dtype=dtype),
+        keras.Variable(rng.normal(size=(4,)), dtype=dtype),
+        keras.Variable(np.array([7, 8], dtype="int32"), dtype="int32", trainable=False),
+    ]
+
+
+def assign_all(vs, values):
+    for v, x in zip(vs, values):
+        v.assign(x)
+
+
+def numpy_of(vs):
+    return [ops.convert_to_numpy(v) for v in vs]
+
+
+def test_accumulation_dtypes():
+    assert accumulation_dtype("float32") == "float32"
+    assert accumulation_dtype("bfloat16") == "float32"
+    assert accumulation_dtype("float16") == "float32"
+    assert accumulation_dtype("float64") == "float64"
+    assert accumulation_dtype("int32") is None
+    assert accumulation_dtype("int8") is None
+    assert accumulation_dtype("bool") is None
+
+
+def test_running_average_matches_numpy_mean():
+    rng = np.random.default_rng(0)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    members = []
+    for k in range(5):
+        values = [
+            rng.normal(size=(3, 4)).astype("float32"),
+            rng.normal(size=(4,)).astype("float32"),
+            np.array([k, -k], dtype="int32"),
+        ]
+        assign_all(vs, values)
+        members.append(values)
+        if k == 0:
+            avg.restart()
+        else:
+            avg.update()
+    result = avg.numpy()
+    for i in range(2):
+        expected = np.mean([m[i] for m in members], axis=0)
+        np.testing.assert_allclose(result[i], expected, rtol=1e-6, atol=1e-6)
+    # Integer variables are never averaged: the running value is reported.
+    np.testing.assert_array_equal(result[2], members[-1][2])
+    assert avg.count == 5
+
+
+def test_restart_forgets_earlier_members():
+    rng = np.random.default_rng(1)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    avg.update()
+    new = rng.normal(size=(3, 4)).astype("float32")
+    vs[0].assign(new)
+    avg.restart()
+    assert avg.count == 1
+    np.testing.assert_array_equal(avg.numpy()[0], new)
+
+
+def test_provisional_shows_blend_and_restores_exactly():
+    rng = np.random.default_rng(2)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    e = numpy_of(vs)
+    theta = [rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,))]
+    assign_all(vs[:2], theta)
+    vs[2].assign(np.array([5, 6], dtype="int32"))
+    before = numpy_of(vs)
+    with avg.provisional():
+        inside = numpy_of(vs)
+    after = numpy_of(vs)
+    for i in range(2):
+        np.testing.assert_allclose(
+            inside[i], e[i] + (before[i] - e[i]) / 2, rtol=1e-6, atol=1e-7
+        )
+    np.testing.assert_array_equal(inside[2], before[2])
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    # The average itself is unchanged by the provisional view.
+    assert avg.count == 1
+    np.testing.assert_array_equal(avg.numpy()[0], e[0])
+
+
+def test_provisional_restores_after_an_error():
+    rng = np.random.default_rng(3)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    vs[0].assign(rng.normal(size=(3, 4)))
+    before = numpy_of(vs)
+    with pytest.raises(ZeroDivisionError):
+        with avg.provisional():
+            1 / 0
+    for b, a in zip(before, numpy_of(vs)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_apply_writes_average_and_keeps_integers():
+    rng = np.random.default_rng(4)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    first = numpy_of(vs)
+    vs[0].assign(np.zeros((3, 4)))
+    vs[2].assign(np.array([1, 2], dtype="int32"))
+    avg.update()
+    vs[0].assign(np.ones((3, 4)))
+    avg.apply()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(vs[0]), first[0] / 2, rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_array_equal(ops.convert_to_numpy(vs[2]), [1, 2])
+    # The average survives being applied (JAX: the variable owns a copy).
+    vs[0].assign(np.ones((3, 4)))
+    np.testing.assert_allclose(avg.numpy()[0], first[0] / 2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_average_accumulates_in_float32(dtype):
+    # 500 snapshots: a running average kept in 16 bits stalls, since
+    # (θ - E) / (n + 1) falls below half an ulp of E.
+    rng = np.random.default_rng(5)
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    v = keras.Variable(np.zeros(64), dtype=dtype)
+    avg = WeightAverage([v])
+    reference = naive = None
+    for n in range(500):
+        member = (1.0 + rng.normal(scale=0.5, size=64)).astype(np_dtype)
+        v.assign(member.astype("float32"))
+        m32 = member.astype("float32")
+        if n == 0:
+            avg.restart()
+            reference, naive = m32, member
+        else:
+            avg.update()
+            reference = reference + (m32 - reference) / np.float32(n + 1)
+            naive = (naive + (member - naive) / np_dtype(n + 1)).astype(np_dtype)
+    result = avg.numpy()[0]
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, reference, rtol=1e-5)
+    avg.apply()
+    written = ops.convert_to_numpy(ops.cast(v, "float32"))
+    rounded_once = reference.astype(np_dtype).astype("float32")
+    np.testing.assert_allclose(written, rounded_once, rtol=2**-7, atol=0)
+    # The naive 16-bit average is measurably off; ours is not.
+    naive_error = np.abs(naive.astype("float32") - reference).max()
+    ours_error = np.abs(written - reference).max()
+    assert ours_error <= 2**-7 < naive_error
+
+
+def test_float64_variables_accumulate_in_float64():
+    v = keras.Variable(np.array([1.0, 2.0]), dtype="float64")
+    # JAX without jax_enable_x64 stores float64 variables as float32; the
+    # rule then applies to the dtype the values really have.
+    expected = ops.convert_to_numpy(v).dtype
+    avg = WeightAverage([v])
+    avg.restart()
+    v.assign(np.array([1.0 + 1e-12, 4.0]))
+    avg.update()
+    result = avg.numpy()[0]
+    assert result.dtype == np.dtype(expected)
+    if expected == "float64":
+        assert result[0] == pytest.approx(1.0 + 5e-13, abs=1e-15)
+    np.testing.assert_allclose(result[1], 3.0)
+
+
+def test_empty_average_says_what_to_do():
+    avg = WeightAverage([keras.Variable(np.zeros(2))])
+    with pytest.raises(RuntimeError, match="no member"):
+        avg.apply()
+    with pytest.raises(RuntimeError, match="no member"):
+        avg.numpy()
