@@ -56,7 +56,7 @@ def set_numpy_weights(model, rng):
 
 # An Adam run whose ASWA decisions include init, hard, soft and reject, with
 # a margin between compared scores far above cross-backend float noise.
-ADAM_LR = 0.05
+ADAM_LR = 0.03
 EPOCHS = 12
 BATCH_SIZE = 32
 

@@ -1,0 +1,296 @@
+"""The ASWA callback end to end, on whichever backend this process runs."""
+
+import csv
+import math
+
+import keras
+import numpy as np
+import pytest
+from scenarios import (
+    ADAM_LR,
+    BATCH_SIZE,
+    EPOCHS,
+    SnapshotRecorder,
+    aswa_run,
+    regression_data,
+    regression_model,
+)
+
+from keras_aswa import ASWA
+
+BN_EPSILON = 1e-3  # Keras' BatchNormalization default
+
+
+class StepCounter(keras.layers.Layer):
+    """An integer variable that counts training calls: must never be averaged."""
+
+    def build(self, input_shape):
+        self.steps = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+
+    def call(self, x, training=False):
+        if training:
+            self.steps.assign(self.steps + 1)
+        return x
+
+
+def numpy_mse(weights, paths, x, y):
+    """The regression model's loss computed in numpy, independently of Keras."""
+    w = {p.split("/", 1)[1]: np.asarray(v, dtype=np.float64) for p, v in zip(paths, weights)}
+    h = np.tanh(x @ w["dense/kernel"] + w["dense/bias"])
+    h = (h - w["batch_normalization/moving_mean"]) / np.sqrt(
+        w["batch_normalization/moving_variance"] + BN_EPSILON
+    )
+    h = h * w["batch_normalization/gamma"] + w["batch_normalization/beta"]
+    out = h @ w["dense_1/kernel"] + w["dense_1/bias"]
+    return float(np.mean((out - y) ** 2))
+
+
+def replay(snapshots, history, float_mask, mode="min"):
+    """ASWA replayed in numpy from the running snapshots and recorded scores.
+
+    Returns the final ensemble and the provisional ensembles built, by epoch.
+    """
+
+    def better(a, b):
+        if not math.isfinite(a):
+            return False
+        return not math.isfinite(b) or (a < b if mode == "min" else a > b)
+
+    ensemble, n, best, provisionals = None, 0, None, {}
+    for record in history:
+        theta = snapshots[record["epoch"]]
+        r = record["running"]
+        if ensemble is None:
+            ensemble, n, best = [t.astype(np.float32) for t in theta], 1, r
+            assert record["decision"] == "init"
+            continue
+        prov = [
+            e + (t.astype(np.float32) - e) / np.float32(n + 1) if f else t
+            for e, t, f in zip(ensemble, theta, float_mask)
+        ]
+        provisionals[record["epoch"]] = prov
+        p = record["provisional"]
+        if better(r, p) and better(r, best):
+            expected, ensemble, n, best = "hard", [t.astype(np.float32) for t in theta], 1, r
+        elif better(p, best):
+            expected, ensemble, n, best = "soft", prov, n + 1, p
+        else:
+            expected = "reject"
+        assert record["decision"] == expected, record
+        assert record["ensemble_size"] == n
+        assert record["ensemble_score"] == best
+    return ensemble, provisionals
+
+
+def test_final_weights_equal_numpy_replay():
+    recorder, aswa = SnapshotRecorder(), ASWA()
+    model = aswa_run([recorder, aswa])
+    decisions = {h["decision"] for h in aswa.history}
+    assert {"init", "hard", "soft", "reject"} <= decisions, decisions
+    paths = [v.path for v in model.weights]
+    float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
+    ensemble, provisionals = replay(recorder.snapshots, aswa.history, float_mask)
+
+    _, (xv, yv) = regression_data()
+    for record in aswa.history:
+        # The running score is fit's own, and the provisional score is that of
+        # the numpy provisional ensemble: the right weights were evaluated.
+        theta = recorder.snapshots[record["epoch"]]
+        assert record["running"] == pytest.approx(numpy_mse(theta, paths, xv, yv), rel=1e-4)
+        if record["epoch"] in provisionals:
+            expected = numpy_mse(provisionals[record["epoch"]], paths, xv, yv)
+            assert record["provisional"] == pytest.approx(expected, rel=1e-4)
+
+    final = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    for got, want in zip(final, ensemble):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(aswa.ensemble_weights(), ensemble):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The model now scores what ASWA says its ensemble scores.
+    assert model.evaluate(xv, yv, verbose=0) == pytest.approx(aswa.best_score, rel=1e-5)
+    assert aswa.best_score <= min(h["running"] for h in aswa.history) + 1e-7
+
+
+def test_batchnorm_statistics_averaged_and_integers_untouched():
+    recorder, aswa = SnapshotRecorder(), ASWA()
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model(extra_layers=[StepCounter()])
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model.fit(
+        x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
+        shuffle=False, verbose=0, callbacks=[recorder, aswa],
+    )
+    assert aswa.ensemble_size >= 2, aswa.history
+    float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
+    ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
+    by_path = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+    paths = [v.path for v in model.weights]
+    last = dict(zip(paths, recorder.snapshots[EPOCHS - 1]))
+    for name in ("moving_mean", "moving_variance"):
+        path = next(p for p in paths if p.endswith(name))
+        i = paths.index(path)
+        np.testing.assert_allclose(by_path[path], ensemble[i], rtol=1e-5, atol=1e-7)
+        assert not np.allclose(by_path[path], last[path])  # really averaged
+    counter = next(p for p in paths if "step_counter" in p)
+    steps_run = EPOCHS * math.ceil(len(x) / BATCH_SIZE)
+    assert int(by_path[counter]) == steps_run
+
+
+def test_aswa_does_not_disturb_training():
+    def run(callbacks):
+        keras.utils.set_random_seed(7)
+        (x, y), (xv, yv) = regression_data()
+        model = regression_model(
+            extra_layers=[keras.layers.Dropout(0.3, seed=3), StepCounter()]
+        )
+        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+        model.fit(
+            x, y, validation_data=(xv, yv), epochs=6, batch_size=BATCH_SIZE,
+            shuffle=False, verbose=0, callbacks=callbacks,
+        )
+        state = [keras.ops.convert_to_numpy(v) for v in model.weights]
+        state += [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+        state += [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
+        return state
+
+    aswa = ASWA(restore_best=False)
+    plain, with_aswa = run([]), run([aswa])
+    assert {h["decision"] for h in aswa.history} - {"init"}, aswa.history
+    assert len(plain) == len(with_aswa)
+    for a, b in zip(plain, with_aswa):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_logs_reach_later_callbacks(tmp_path):
+    log_file = tmp_path / "log.csv"
+    aswa = ASWA()
+    # Keras cannot tell the direction of "aswa_val_loss" by itself: say it.
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="aswa_val_loss", mode="min", patience=2
+    )
+    aswa_run([aswa, keras.callbacks.CSVLogger(str(log_file)), stopper], epochs=30)
+    history = aswa.model.history.history
+    assert history["aswa_size"] == [h["ensemble_size"] for h in aswa.history]
+    assert history["aswa_val_loss"] == [h["ensemble_score"] for h in aswa.history]
+    with open(log_file) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["aswa_val_loss"]) for r in rows] == pytest.approx(
+        history["aswa_val_loss"]
+    )
+    # Stopping on the ensemble's score: it stopped once the ensemble stalled.
+    assert len(rows) < 30
+    scores = history["aswa_val_loss"]
+    assert min(scores[-3:]) >= min(scores[:-2])
+
+
+def test_validation_split_and_start_from_epoch():
+    aswa = ASWA(start_from_epoch=3)
+    (x, y), _ = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model.fit(x, y, validation_split=0.2, epochs=6, batch_size=32, verbose=0,
+              callbacks=[aswa])
+    assert [h["epoch"] for h in aswa.history] == [3, 4, 5]
+    assert aswa.history[0]["decision"] == "init"
+    assert model.history.history["val_loss"][3] == aswa.history[0]["running"]
+
+
+def test_epochs_without_validation_are_skipped():
+    aswa = ASWA()
+    aswa_run([aswa], epochs=6, validation_freq=2)
+    assert [h["decision"] for h in aswa.history][::2] == ["skip"] * 3
+    assert aswa.history[1]["decision"] == "init"
+    assert all(h["running"] is not None for h in aswa.history[1::2])
+
+
+def test_one_extra_evaluation_per_epoch_without_retracing():
+    aswa = ASWA()
+    calls, functions = [], []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            functions.append(self.model.test_function)
+
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    evaluate = model.evaluate
+
+    def counting_evaluate(*args, **kwargs):
+        calls.append(kwargs)
+        return evaluate(*args, **kwargs)
+
+    model.evaluate = counting_evaluate
+    model.fit(x, y, validation_data=(xv, yv), epochs=5, batch_size=32, verbose=0,
+              callbacks=[aswa, Probe()])
+    # fit's own validation (5) plus one per epoch after the first (4).
+    assert len(calls) == 5 + 4
+    assert all(f is functions[0] for f in functions)
+
+
+def test_score_fn_scores_running_and_provisional():
+    _, (xv, yv) = regression_data()
+    seen = []
+
+    def score_fn(model):
+        pred = keras.ops.convert_to_numpy(model(xv, training=False))
+        seen.append(1)
+        return -float(np.mean((pred - yv) ** 2))  # higher is better
+
+    aswa = ASWA(monitor="val_neg_mse", mode="max", score_fn=score_fn)
+    model = aswa_run([aswa], epochs=5)
+    assert len(seen) == 1 + 2 * 4
+    assert model.history.history["val_neg_mse"] == [h["running"] for h in aswa.history]
+    assert score_fn(model) == pytest.approx(aswa.best_score, rel=1e-5)
+
+
+def test_callback_validation_data_overrides_fit():
+    (x, y), (xv, yv) = regression_data()
+    other_x, other_y = xv[:64], yv[:64] * 2.0
+    aswa = ASWA(validation_data=(other_x, other_y))
+    model = aswa_run([aswa], epochs=4)
+    assert aswa.history[0]["running"] != model.history.history["val_loss"][0]
+    assert model.evaluate(other_x, other_y, verbose=0) == pytest.approx(
+        aswa.best_score, rel=1e-5
+    )
+
+
+def test_state_resets_between_fits():
+    aswa = ASWA()
+    model = aswa_run([aswa], epochs=3)
+    model.fit(*regression_data()[0], validation_data=regression_data()[1],
+              epochs=2, verbose=0, callbacks=[aswa])
+    assert [h["epoch"] for h in aswa.history] == [0, 1]
+    assert aswa.history[0]["decision"] == "init"
+
+
+def test_restore_best_false_keeps_running_weights():
+    recorder, aswa = SnapshotRecorder(), ASWA(restore_best=False)
+    model = aswa_run([recorder, aswa], epochs=4)
+    for got, want in zip(model.get_weights(), recorder.snapshots[3]):
+        np.testing.assert_array_equal(got, want)
+    # The ensemble can still be applied by hand.
+    aswa.apply_ensemble()
+    for got, want in zip(model.get_weights(), aswa.ensemble_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_non_finite_scores_never_initialise():
+    aswa = ASWA()
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.SGD(1e3), "mse")  # diverges to NaN
+    with pytest.warns(UserWarning, match="averaged no epoch"):
+        model.fit(x, y, validation_data=(xv, yv), epochs=3, verbose=0, callbacks=[aswa])
+    assert [h["decision"] for h in aswa.history] == ["skip"] * 3
+    assert aswa.ensemble_size == 0 and aswa.best_score is None
+    assert all(math.isnan(v) for v in model.history.history["aswa_val_loss"])
+
+
+def test_verbose_prints_one_line_per_epoch(capsys):
+    aswa_run([ASWA(verbose=1)], epochs=3)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": ASWA " in ln]
+    assert len(lines) == 3
+    assert "init" in lines[0] and "size 1" in lines[0]
