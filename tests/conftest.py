@@ -5,14 +5,10 @@ The backend is fixed per process: run the suite once per backend with
 """
 
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras_home_"))
-# Lets tests import the shared scenarios module and the benchmarks package.
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -94,3 +94,23 @@ class SnapshotRecorder(keras.callbacks.Callback):
             else keras.ops.convert_to_numpy(v)
             for v in self.model.weights
         ]
+
+
+def aswa_decisions() -> dict:
+    """The reference ASWA run's decisions and scores, JSON-ready."""
+    from keras_aswa import ASWA
+
+    aswa = ASWA()
+    model = aswa_run([aswa])
+    return {
+        "backend": keras.backend.backend(),
+        "decisions": [h["decision"] for h in aswa.history],
+        "running": [h["running"] for h in aswa.history],
+        "weights": [w.tolist() for w in model.get_weights()],
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(aswa_decisions()))

@@ -294,3 +294,28 @@ def test_verbose_prints_one_line_per_epoch(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ": ASWA " in ln]
     assert len(lines) == 3
     assert "init" in lines[0] and "size 1" in lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_model_averages_like_float32(dtype):
+    # Ever-rising scores make every provisional ensemble win: a soft update
+    # each epoch, so the ensemble is the mean of all 12 snapshots.
+    counter = iter(range(1000))
+    aswa = ASWA(monitor="val_rising", mode="max", score_fn=lambda m: next(counter))
+    recorder = SnapshotRecorder()
+    model = aswa_run([recorder, aswa], dtype=dtype)
+    assert [h["decision"] for h in aswa.history] == ["init"] + ["soft"] * (EPOCHS - 1)
+    # The float32 reference: the 16-bit snapshots averaged in float32.
+    float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
+    ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask, mode="max")
+    for got, want in zip(aswa.ensemble_weights(), ensemble):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Written into the model once, rounded to 16 bits once.
+    for v, want in zip(model.weights, ensemble):
+        assert keras.backend.standardize_dtype(v.dtype) == dtype
+        got = keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
+        rounded = keras.ops.convert_to_numpy(
+            keras.ops.cast(keras.ops.cast(want, dtype), "float32")
+        )
+        np.testing.assert_array_equal(got, rounded)

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# `benchmarks` is not an installed package: import it from the checkout.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import datasets  # noqa: E402
-from benchmarks.datasets import (  # noqa: E402
+from benchmarks import datasets
+from benchmarks.datasets import (
     FASHION_MNIST_FILES,
     index_triples,
     load_fashion_mnist,
