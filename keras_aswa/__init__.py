@@ -9,8 +9,8 @@ model.fit(x, y, validation_split=0.1, epochs=50, callbacks=[ASWA()])
 ```
 """
 
-from keras_aswa.callbacks import ASWA
+from keras_aswa.callbacks import ASWA, SWA
 
 __version__ = "0.1.0"
 
-__all__ = ["ASWA", "__version__"]
+__all__ = ["ASWA", "SWA", "__version__"]

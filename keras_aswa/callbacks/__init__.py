@@ -1,5 +1,6 @@
 """The averaging callbacks."""
 
 from keras_aswa.callbacks.aswa import ASWA
+from keras_aswa.callbacks.swa import SWA
 
-__all__ = ["ASWA"]
+__all__ = ["ASWA", "SWA"]

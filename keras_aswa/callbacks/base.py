@@ -78,9 +78,13 @@ class AveragingCallback(keras.callbacks.Callback):
             RuntimeError: If nothing has been averaged yet.
         """
         self._require_average()
-        # `self.model`, not `self._model`: on JAX it syncs the trainer state.
-        self.model  # noqa: B018
+        self._sync()
         self._average.apply()
+
+    def _sync(self):
+        # Reading `self.model` (not `self._model`) makes the JAX trainer write
+        # its state into the variables the average reads and writes.
+        return self.model
 
     def _require_average(self):
         if self._average is None or self._average.empty:

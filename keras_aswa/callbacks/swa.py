@@ -1,0 +1,102 @@
+"""Stochastic Weight Averaging (Izmailov et al. 2018) as a Keras callback."""
+
+from __future__ import annotations
+
+import math
+
+from keras_aswa.callbacks.base import AveragingCallback
+
+
+class SWA(AveragingCallback):
+    """Stochastic Weight Averaging: the equal-weight mean of epoch-end weights.
+
+    From `start_from_epoch` on, the weights at the end of every `frequency`-th
+    epoch join the average; when training ends the model receives it
+    (`restore=True`). Same arithmetic and dtype rules as `ASWA`: the average
+    accumulates in float32 on the weights' device, BatchNormalization moving
+    statistics are averaged too, integer variables are left alone.
+
+    SWA does not touch the learning rate. It is usually run with a constant
+    or cyclic rate over the averaging phase; pair it with a Keras schedule,
+    for example a constant rate after a decay:
+
+    ```python
+    steps = epochs * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.1, decay_steps=steps // 2, alpha=0.5)  # 0.1 -> 0.05, then flat
+    model.compile(keras.optimizers.SGD(schedule), ...)
+    model.fit(..., epochs=epochs, callbacks=[SWA(start_from_epoch=0.5)])
+    ```
+
+    Args:
+        start_from_epoch: First epoch (0-based) averaged: an int, or a float
+            in (0, 1) meaning that fraction of `fit`'s epochs (0.75 with 100
+            epochs starts at epoch 75).
+        frequency: Average every `frequency`-th epoch from the first.
+        restore: Whether the model receives the average when training ends.
+        verbose: 0 for silence, 1 for one line per averaged epoch.
+
+    Attributes:
+        history: One dict per averaged epoch: `"epoch"`, `"ensemble_size"`.
+        ensemble_size: How many snapshots the average holds.
+
+    Raises:
+        ValueError: On a negative or out-of-range `start_from_epoch`, or a
+            `frequency` below 1.
+
+    Example:
+
+    ```python
+    swa = keras_aswa.SWA(start_from_epoch=0.75)
+    model.fit(x, y, epochs=40, callbacks=[swa])   # the model holds the average
+    ```
+    """
+
+    def __init__(
+        self,
+        start_from_epoch: int | float = 0,
+        frequency: int = 1,
+        restore: bool = True,
+        verbose: int = 0,
+    ):
+        super().__init__(restore=restore, verbose=verbose)
+        if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
+            raise ValueError(
+                "A float start_from_epoch is a fraction of the epochs and must "
+                f"lie in (0, 1); got {start_from_epoch!r}. Pass an int for an "
+                "epoch index."
+            )
+        if isinstance(start_from_epoch, bool) or not (
+            isinstance(start_from_epoch, float)
+            or (isinstance(start_from_epoch, int) and start_from_epoch >= 0)
+        ):
+            raise ValueError(
+                "start_from_epoch must be a non-negative int (a 0-based epoch "
+                f"index) or a float in (0, 1); got {start_from_epoch!r}."
+            )
+        if not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f"frequency must be an int >= 1; got {frequency!r}.")
+        self.start_from_epoch = start_from_epoch
+        self.frequency = frequency
+        self.restore = restore
+        self.history: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.history = []
+        self._first_epoch = self.start_from_epoch
+        if isinstance(self.start_from_epoch, float):
+            self._first_epoch = math.floor(self.start_from_epoch * self.params["epochs"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        since = epoch - self._first_epoch
+        if since >= 0 and since % self.frequency == 0:
+            self._sync()
+            self._average.update()
+            self.history.append({"epoch": epoch, "ensemble_size": self.ensemble_size})
+            if self.verbose:
+                self._print(
+                    f"Epoch {epoch + 1}: SWA averaged, size {self.ensemble_size}"
+                )
+        if logs is not None:
+            logs["swa_size"] = self.ensemble_size
