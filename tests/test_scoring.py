@@ -1,0 +1,94 @@
+"""Where scores come from: fit's validation, the callback's data, score_fn."""
+
+import keras
+import numpy as np
+import pytest
+from scenarios import aswa_run, regression_data
+
+from keras_aswa import ASWA
+from keras_aswa.scoring import as_score
+
+
+class ArraySequence(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size=32):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / self.batch_size))
+
+    def __getitem__(self, i):
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[s], self.y[s]
+
+
+def validation_formats():
+    _, (xv, yv) = regression_data()
+    xv, yv = xv[:96], yv[:96] * 1.5  # not fit's validation data
+    formats = {
+        "tuple": lambda: (xv, yv),
+        "tuple_with_weights": lambda: (xv, yv, np.ones(len(xv), "float32")),
+        "py_dataset": lambda: ArraySequence(xv, yv),
+        "tf_data": lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(
+            (xv, yv)
+        ).batch(32),
+    }
+
+    def torch_dataloader():
+        import torch
+
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.from_numpy(xv), torch.from_numpy(yv)),
+            batch_size=32,
+        )
+
+    # Keras reads a torch DataLoader on every backend.
+    formats["torch_dataloader"] = torch_dataloader
+    return (xv, yv), formats
+
+
+@pytest.mark.parametrize("kind", ["tuple", "tuple_with_weights", "py_dataset", "tf_data",
+                                  "torch_dataloader"])
+def test_callback_validation_data_formats(kind):
+    (xv, yv), formats = validation_formats()
+    aswa = ASWA(validation_data=formats[kind]())
+    model = aswa_run([aswa], epochs=3)
+    assert [h["decision"] for h in aswa.history][0] == "init"
+    # Scored on the callback's data, not fit's: the restored model's loss
+    # there is the ensemble's recorded score.
+    assert model.evaluate(xv, yv, verbose=0) == pytest.approx(aswa.best_score, rel=1e-5)
+    assert aswa.history[0]["running"] != model.history.history["val_loss"][0]
+
+
+def test_fit_validation_with_dataset_and_validation_steps():
+    import tensorflow as tf
+
+    (x, y), (xv, yv) = regression_data()
+    ds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32)
+    aswa = ASWA()
+    model = aswa_run([aswa], epochs=3, validation_data=ds, validation_steps=2)
+    # The provisional ensemble was scored on the same 2 batches as fit's score:
+    # once restored, evaluating those 2 batches gives the ensemble's score.
+    assert model.evaluate(ds, steps=2, verbose=0) == pytest.approx(
+        aswa.best_score, rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0.5, 0.5), (np.float32(2.0), 2.0), (np.array([[3.0]]), 3.0), (7, 7.0),
+     (float("nan"), float("nan")), (float("inf"), float("inf"))],
+)
+def test_as_score_accepts_any_scalar(value, expected):
+    got = as_score(value, "score_fn")
+    assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+def test_as_score_accepts_backend_tensors():
+    assert as_score(keras.ops.convert_to_tensor(1.25), "score_fn") == 1.25
+
+
+@pytest.mark.parametrize("value", ["1.0", None, [1.0, 2.0], np.zeros(2), {"a": 1}])
+def test_as_score_rejects_non_scalars(value):
+    with pytest.raises(TypeError, match="single real number"):
+        as_score(value, "score_fn")
