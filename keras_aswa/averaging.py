@@ -40,14 +40,16 @@ def accumulation_dtype(dtype) -> str | None:
 
 
 def _read(variable):
-    # A read detached from autograd (torch) and from the variable's buffer
-    # (TF and torch reads alias it): the variable may change under us later.
+    # Detached from autograd (torch). On TF and torch the read may alias the
+    # variable's buffer: whatever must outlive the next assign is copied.
     return ops.stop_gradient(variable.value)
 
 
-def _snapshot(variable, dtype):
-    value = _read(variable)
-    if backend.standardize_dtype(value.dtype) != dtype:
+def _fresh(value, dtype):
+    # A new buffer in `dtype`. On JAX a variable takes ownership of what it is
+    # assigned, and a snapshot must not share the variable's buffer: neither
+    # may alias the other.
+    if backend.standardize_dtype(value.dtype) != backend.standardize_dtype(dtype):
         return ops.cast(value, dtype)
     return ops.copy(value)
 
@@ -81,10 +83,12 @@ class WeightAverage:
     def __init__(self, variables: Sequence):
         self.variables = list(variables)
         self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
+        self._saved = None
         self.reset()
 
     def reset(self) -> None:
         """Forgets the average: no members."""
+        self.swap_out()
         self.average: list | None = None
         self.count = 0
 
@@ -95,7 +99,7 @@ class WeightAverage:
     def restart(self) -> None:
         """Restarts the average from the variables' current values (n = 1)."""
         self.average = [
-            None if dtype is None else _snapshot(v, dtype)
+            None if dtype is None else _fresh(_read(v), dtype)
             for v, dtype in zip(self.variables, self.dtypes)
         ]
         self.count = 1
@@ -112,31 +116,66 @@ class WeightAverage:
                 self.average[i] = _blend(avg, v, self.count)
         self.count += 1
 
-    @contextlib.contextmanager
-    def provisional(self) -> Iterator[None]:
-        """Shows the provisional average `E + (θ - E) / (n + 1)` in the model.
+    @property
+    def swapped_in(self) -> bool:
+        """Whether the variables hold an average and their own values wait."""
+        return self._saved is not None
 
-        Inside the block the variables hold the average with their current
-        values added as one more member; on leaving it they hold exactly their
-        values from before, whatever happened inside. The block costs one
-        extra copy of the float variables (their values, kept to restore).
+    def swap_in(self, provisional: bool = False) -> None:
+        """Writes the average into the variables, keeping their values.
+
+        `swap_out` puts the kept values back exactly. Costs one extra copy of
+        the float variables (the kept values) until then.
+
+        Args:
+            provisional: Write the provisional average `E + (θ - E) / (n + 1)`
+                (the variables' current values `θ` added as one more member)
+                instead of the average `E`.
 
         Raises:
-            RuntimeError: If the average has no member yet.
+            RuntimeError: If the average has no member yet, or is swapped in.
         """
         self._require_members()
-        saved = []
+        if self._saved is not None:
+            raise RuntimeError("The average is already swapped into the model.")
+        self._saved = []
         try:
             for v, avg in zip(self.variables, self.average):
                 if avg is None:
                     continue
-                blended = ops.cast(_blend(avg, v, self.count), v.dtype)
-                saved.append((v, ops.copy(_read(v))))
-                v.assign(blended)
+                if provisional:
+                    # Fresh from the arithmetic: the variable may own it.
+                    value = ops.cast(_blend(avg, v, self.count), v.dtype)
+                else:
+                    value = _fresh(avg, v.dtype)
+                self._saved.append((v, ops.copy(_read(v))))
+                v.assign(value)
+        except BaseException:
+            self.swap_out()
+            raise
+
+    def swap_out(self) -> None:
+        """Puts back the values `swap_in` kept; a no-op if none are kept."""
+        saved, self._saved = self._saved or [], None
+        for v, value in saved:
+            v.assign(value)
+
+    @contextlib.contextmanager
+    def provisional(self) -> Iterator[None]:
+        """Shows the provisional average in the model for the block.
+
+        Inside the block the variables hold `E + (θ - E) / (n + 1)`; on
+        leaving it they hold exactly their values from before, whatever
+        happened inside.
+
+        Raises:
+            RuntimeError: If the average has no member yet.
+        """
+        self.swap_in(provisional=True)
+        try:
             yield
         finally:
-            for v, value in saved:
-                v.assign(value)
+            self.swap_out()
 
     def apply(self) -> None:
         """Writes the average into the variables, rounded to their dtype.
@@ -149,9 +188,7 @@ class WeightAverage:
         self._require_members()
         for v, avg in zip(self.variables, self.average):
             if avg is not None:
-                # A fresh buffer: on JAX the variable takes ownership of what
-                # it is assigned, and the average must outlive that.
-                v.assign(ops.copy(ops.cast(avg, v.dtype)))
+                v.assign(_fresh(avg, v.dtype))
 
     def numpy(self) -> list[np.ndarray]:
         """The average as numpy arrays, in the order of `variables`.

@@ -15,7 +15,6 @@ ensemble). Three sources:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -168,29 +167,3 @@ def _unpack(data):
     if isinstance(data, tuple) and 1 <= len(data) <= 3:
         return tuple(data) + (None,) * (3 - len(data))
     return data, None, None
-
-
-def fit_has_validation(model) -> bool | None:
-    """Whether the `fit` call that is running `model` validates.
-
-    Keras does not tell callbacks whether `fit` got validation data; without
-    knowing, a missing validation set would only show after a whole epoch.
-    `fit`'s frame, found by walking up the stack from a callback hook, holds
-    it (`validation_split` is already turned into `validation_data` by the
-    time callbacks start).
-
-    Returns:
-        True or False when the frame is found, None when it is not.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            if (
-                frame.f_code.co_name == "fit"
-                and frame.f_locals.get("self") is model
-            ):
-                return frame.f_locals.get("validation_data") is not None
-            frame = frame.f_back
-        return None
-    finally:
-        del frame

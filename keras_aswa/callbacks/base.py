@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from keras_aswa.averaging import WeightAverage
+from keras_aswa.callbacks.context import fit_callbacks
 
 
 class AveragingCallback(keras.callbacks.Callback):
@@ -19,23 +20,54 @@ class AveragingCallback(keras.callbacks.Callback):
 
     Args:
         restore: Whether `on_train_end` writes the average into the model.
+        swap_on_epoch: Whether the model holds the average between epochs:
+            written in at the end of each epoch, after this callback's own
+            work, and swapped back out before the next epoch trains. Callbacks
+            placed after this one (e.g. `ModelCheckpoint`) then see the
+            average. Costs one more copy of the float weights.
         verbose: 0 for silence, 1 for one line per epoch.
     """
 
-    def __init__(self, restore: bool = True, verbose: int = 0):
+    def __init__(self, restore: bool = True, swap_on_epoch: bool = False, verbose: int = 0):
         super().__init__()
         self._restore = restore
+        self.swap_on_epoch = swap_on_epoch
         self.verbose = verbose
         self._average: WeightAverage | None = None
 
     def on_train_begin(self, logs=None):
         # One instance may serve several `fit` calls: each starts afresh.
         self._average = WeightAverage(self.model.weights)
+        self._resumed_checked = False
+        self._warn_about_peers()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._resumed_checked:
+            self._resumed_checked = True
+            if epoch > 0 and self._average.empty:
+                warnings.warn(
+                    f"fit is resuming at epoch {epoch} (initial_epoch or "
+                    f"BackupAndRestore): {type(self).__name__} starts a new "
+                    "average here, since the earlier one was not kept.",
+                    stacklevel=2,
+                )
+        if self._average.swapped_in:
+            self._sync()
+            self._average.swap_out()
+
+    def _end_epoch(self):
+        """Subclasses call this last in `on_epoch_end`."""
+        if self.swap_on_epoch and not self._average.empty:
+            self._sync()
+            self._average.swap_in()
 
     def on_train_end(self, logs=None):
+        if self._average.swapped_in:
+            self._sync()
+            self._average.swap_out()
         if not self._restore:
             return
-        if self._average is None or self._average.empty:
+        if self._average.empty:
             warnings.warn(
                 f"{type(self).__name__} averaged no epoch, so the model keeps "
                 "its final running weights.",
@@ -48,6 +80,54 @@ class AveragingCallback(keras.callbacks.Callback):
                 f"{type(self).__name__}: the model now holds the average of "
                 f"{self.ensemble_size} snapshot(s)."
             )
+
+    def _warn_about_peers(self):
+        """Says who wins where other callbacks also write weights at the end.
+
+        Keras runs `on_train_end` in list order, so the last writer wins.
+        """
+        if not self._restore:
+            return
+        name = type(self).__name__
+        callbacks = fit_callbacks(self._model)
+        later = False
+        for cb in callbacks:
+            if cb is self:
+                later = True
+                continue
+            writes = (
+                isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights
+            ) or (isinstance(cb, AveragingCallback) and cb._restore)
+            if writes:
+                winner = type(cb).__name__ if later else name
+                warnings.warn(
+                    f"{name} and {type(cb).__name__} both write weights into the "
+                    "model when training ends; Keras runs them in list order, so "
+                    f"the later one, {winner}, decides the final weights. Pass "
+                    f"restore_best_weights=False / restore_best=False to the one "
+                    "you don't want, or reorder the callbacks.",
+                    stacklevel=3,
+                )
+            if later and isinstance(cb, keras.callbacks.BackupAndRestore) and self.swap_on_epoch:
+                warnings.warn(
+                    f"BackupAndRestore after {name}(swap_on_epoch=True) would back "
+                    "up the average instead of the running model; place it before.",
+                    stacklevel=3,
+                )
+        optimizer = getattr(self._model, "optimizer", None)
+        if getattr(optimizer, "use_ema", False):
+            warnings.warn(
+                f"The optimizer has use_ema=True: fit writes its EMA weights into "
+                f"the model at the end, then {name} replaces them with its average "
+                f"(of the running weights, not the EMA). Pass restore=False to "
+                f"{name} to keep the EMA weights.",
+                stacklevel=3,
+            )
+
+    def _sync(self):
+        # Reading `self.model` (not `self._model`) makes the JAX trainer write
+        # its state into the variables the average reads and writes.
+        return self.model
 
     def _print(self, message: str) -> None:
         # Keras' progress lines go to stdout too; flush to keep their order.
@@ -80,11 +160,6 @@ class AveragingCallback(keras.callbacks.Callback):
         self._require_average()
         self._sync()
         self._average.apply()
-
-    def _sync(self):
-        # Reading `self.model` (not `self._model`) makes the JAX trainer write
-        # its state into the variables the average reads and writes.
-        return self.model
 
     def _require_average(self):
         if self._average is None or self._average.empty:

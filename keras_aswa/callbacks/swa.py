@@ -34,6 +34,10 @@ class SWA(AveragingCallback):
             epochs starts at epoch 75).
         frequency: Average every `frequency`-th epoch from the first.
         restore: Whether the model receives the average when training ends.
+        swap_on_epoch: Whether the model holds the average between epochs,
+            so that callbacks placed after this one (e.g. `ModelCheckpoint`)
+            see it; the running weights are swapped back in before the next
+            epoch trains. Costs one more copy of the float weights.
         verbose: 0 for silence, 1 for one line per averaged epoch.
 
     Attributes:
@@ -57,9 +61,10 @@ class SWA(AveragingCallback):
         start_from_epoch: int | float = 0,
         frequency: int = 1,
         restore: bool = True,
+        swap_on_epoch: bool = False,
         verbose: int = 0,
     ):
-        super().__init__(restore=restore, verbose=verbose)
+        super().__init__(restore=restore, swap_on_epoch=swap_on_epoch, verbose=verbose)
         if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
             raise ValueError(
                 "A float start_from_epoch is a fraction of the epochs and must "
@@ -100,3 +105,4 @@ class SWA(AveragingCallback):
                 )
         if logs is not None:
             logs["swa_size"] = self.ensemble_size
+        self._end_epoch()
