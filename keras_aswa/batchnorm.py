@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import numbers
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -263,15 +264,22 @@ def _accumulation_dtype(variable) -> str:
     return "float64" if dtype == "float64" else "float32"
 
 
-def _accumulate(model, layers, batches):
-    """Sum each layer's batch statistics over `batches`.
+# One compiled step per model and set of layers: ASWA recomputes statistics
+# every epoch, and tracing the forward pass anew each time costs seconds.
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Returns:
-        `(sums, counts, seen)`: per layer a `(mean_sum, variance_sum)` pair and
-        a scalar tensor counting the batches it was called in, and the number
-        of batches.
-    """
-    trainable = list(model.trainable_variables)
+
+def _step_for(model, layers):
+    key = tuple(id(layer) for layer in layers)
+    cached = _STEPS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, _compile(_make_step(model, layers)))
+        _STEPS[model] = cached
+    return cached[1]
+
+
+def _make_step(model, layers):
+    """The per-batch function: batch statistics added to running sums."""
     non_trainable = list(model.non_trainable_variables)
     # KerasVariable overloads ==: look variables up by identity.
     position = {id(variable): i for i, variable in enumerate(non_trainable)}
@@ -283,6 +291,8 @@ def _accumulate(model, layers, batches):
     # As Keras' own trainers do: a subclassed call may not take `training`.
     takes_training = getattr(model, "_call_has_training_arg", True)
     kwargs = {"training": True} if takes_training else {}
+    # Weakly: the cache holding this step must not keep the model alive.
+    model_ref = weakref.ref(model)
 
     def step(trainable_values, state, sums, counts, x):
         state = list(state)
@@ -292,7 +302,7 @@ def _accumulate(model, layers, batches):
         # statistics (momentum * moving) out of the result.
         for at in mean_at + stddev_at:
             state[at] = ops.zeros_like(state[at])
-        _, state = model.stateless_call(trainable_values, state, x, **kwargs)
+        _, state = model_ref().stateless_call(trainable_values, state, x, **kwargs)
         new_sums, new_counts = [], []
         for i, (mean_sum, variance_sum) in enumerate(sums):
             mean, variance = state[mean_at[i]], state[variance_at[i]]
@@ -311,16 +321,29 @@ def _accumulate(model, layers, batches):
         # from batch to batch as in training; it is never written back.
         return state, new_sums, new_counts
 
-    step = _compile(step)
+    return step
+
+
+def _accumulate(model, layers, batches):
+    """Sum each layer's batch statistics over `batches`.
+
+    Returns:
+        `(sums, counts, seen)`: per layer a `(mean_sum, variance_sum)` pair and
+        a scalar tensor counting the batches it was called in, and the number
+        of batches.
+    """
+    step = _step_for(model, layers)
     # Plain tensors, not variables: a read (TF), detached from autograd (torch).
-    trainable_values = [ops.stop_gradient(v.value) for v in trainable]
-    state = [ops.stop_gradient(v.value) for v in non_trainable]
+    trainable_values = [ops.stop_gradient(v.value) for v in model.trainable_variables]
+    state = [ops.stop_gradient(v.value) for v in model.non_trainable_variables]
     sums = [
         (
-            ops.zeros(shape, dtype=_accumulation_dtype(layer.moving_mean)),
-            ops.zeros(shape, dtype=_accumulation_dtype(layer.moving_variance)),
+            ops.zeros(layer.moving_mean.shape, dtype=_accumulation_dtype(layer.moving_mean)),
+            ops.zeros(
+                layer.moving_variance.shape, dtype=_accumulation_dtype(layer.moving_variance)
+            ),
         )
-        for layer, shape in zip(layers, shapes, strict=True)
+        for layer in layers
     ]
     counts = [ops.zeros((), dtype="int32") for _ in layers]
     seen = 0

@@ -69,6 +69,17 @@ class ASWA(AveragingCallback):
             `ModelCheckpoint` saves the ensemble); the running weights are
             swapped back in before the next epoch trains. Costs one more copy
             of the float weights.
+        batchnorm: `"average"` (the default) averages BatchNormalization
+            moving statistics like every other weight. `"recompute"`
+            recomputes them (`keras_aswa.update_batchnorm`) for the
+            provisional ensemble before it is scored and for the final
+            ensemble, as the paper's image experiments did: one pass over
+            `batchnorm_data` per epoch, in training mode, on top of the
+            evaluation. An ensemble restarted by a hard update keeps the
+            running model's score, measured with the running statistics.
+        batchnorm_data: The data `"recompute"` passes over: what `fit` takes
+            as `x` (arrays are batched with `fit`'s batch size), e.g. the
+            training inputs or a subset of them.
         verbose: 0 for silence, 1 for one line per epoch with the decision,
             the scores and the ensemble size.
 
@@ -103,9 +114,17 @@ class ASWA(AveragingCallback):
         score_fn: Callable | None = None,
         restore_best: bool = True,
         swap_on_epoch: bool = False,
+        batchnorm: str = "average",
+        batchnorm_data=None,
         verbose: int = 0,
     ):
-        super().__init__(restore=restore_best, swap_on_epoch=swap_on_epoch, verbose=verbose)
+        super().__init__(
+            restore=restore_best,
+            swap_on_epoch=swap_on_epoch,
+            batchnorm=batchnorm,
+            batchnorm_data=batchnorm_data,
+            verbose=verbose,
+        )
         if mode not in ("auto", "min", "max"):
             resolve_mode(monitor, mode)  # raises, saying what to pass
         if not isinstance(start_from_epoch, int) or start_from_epoch < 0:
@@ -153,15 +172,21 @@ class ASWA(AveragingCallback):
                 "validation_data=(x_val, y_val) or validation_split=0.1 to "
                 "fit, or validation_data=... or score_fn=... to ASWA."
             )
-        # Compiled metrics are built by now, so "auto" can be resolved before
-        # any training is spent.
-        self._direction = resolve_mode(self.monitor, self.mode, model)
+        # Resolve "auto" before any training is spent where the compiled
+        # metrics are built already (JAX, torch); TensorFlow builds them in
+        # the first step, so there it waits for the first epoch end.
+        try:
+            self._direction = resolve_mode(self.monitor, self.mode, model)
+        except ValueError:
+            self._direction = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start_from_epoch:
             return
         logs = logs if logs is not None else {}
         model = self.model
+        if self._direction is None:
+            self._direction = resolve_mode(self.monitor, self.mode, model)
         running = self._scorer.running(model, logs)
         if running is not None and self.monitor not in logs:
             logs[self.monitor] = running  # for callbacks after this one
@@ -170,6 +195,7 @@ class ASWA(AveragingCallback):
             decision = decide(running, None, None, self._direction, initialised=False)
         else:
             with self._average.provisional():
+                self._written()
                 provisional = self._scorer.current(model)
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta

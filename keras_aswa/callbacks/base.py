@@ -8,7 +8,10 @@ import keras
 import numpy as np
 
 from keras_aswa.averaging import WeightAverage
-from keras_aswa.callbacks.context import fit_callbacks
+from keras_aswa.batchnorm import update_batchnorm
+from keras_aswa.callbacks.context import fit_callbacks, fit_locals
+
+BATCHNORM_MODES = ("average", "recompute")
 
 
 class AveragingCallback(keras.callbacks.Callback):
@@ -25,19 +28,48 @@ class AveragingCallback(keras.callbacks.Callback):
             work, and swapped back out before the next epoch trains. Callbacks
             placed after this one (e.g. `ModelCheckpoint`) then see the
             average. Costs one more copy of the float weights.
+        batchnorm: `"average"` averages BatchNormalization moving statistics
+            like every other weight; `"recompute"` recomputes them with
+            `update_batchnorm` over `batchnorm_data` each time an average is
+            written into the model.
+        batchnorm_data: The data `"recompute"` passes over (what `fit` takes
+            as `x`; arrays are batched with `fit`'s batch size).
         verbose: 0 for silence, 1 for one line per epoch.
     """
 
-    def __init__(self, restore: bool = True, swap_on_epoch: bool = False, verbose: int = 0):
+    def __init__(
+        self,
+        restore: bool = True,
+        swap_on_epoch: bool = False,
+        batchnorm: str = "average",
+        batchnorm_data=None,
+        verbose: int = 0,
+    ):
         super().__init__()
+        if batchnorm not in BATCHNORM_MODES:
+            raise ValueError(
+                f"batchnorm={batchnorm!r} is not one of {BATCHNORM_MODES}: "
+                "'average' averages the moving statistics, 'recompute' "
+                "recomputes them over batchnorm_data."
+            )
+        if batchnorm == "recompute" and batchnorm_data is None:
+            raise ValueError(
+                "batchnorm='recompute' passes over data to recompute the "
+                "BatchNormalization statistics: pass batchnorm_data=, e.g. the "
+                "training inputs x_train, a tf.data.Dataset or a PyDataset "
+                "(a few hundred batches are plenty)."
+            )
         self._restore = restore
         self.swap_on_epoch = swap_on_epoch
+        self.batchnorm = batchnorm
+        self.batchnorm_data = batchnorm_data
         self.verbose = verbose
         self._average: WeightAverage | None = None
 
     def on_train_begin(self, logs=None):
         # One instance may serve several `fit` calls: each starts afresh.
         self._average = WeightAverage(self.model.weights)
+        self._batch_size = (fit_locals(self._model) or {}).get("batch_size") or 32
         self._resumed_checked = False
         self._warn_about_peers()
 
@@ -60,6 +92,12 @@ class AveragingCallback(keras.callbacks.Callback):
         if self.swap_on_epoch and not self._average.empty:
             self._sync()
             self._average.swap_in()
+            self._written()
+
+    def _written(self):
+        """Call after writing an average into the model."""
+        if self.batchnorm == "recompute":
+            update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
 
     def on_train_end(self, logs=None):
         if self._average.swapped_in:
@@ -160,6 +198,7 @@ class AveragingCallback(keras.callbacks.Callback):
         self._require_average()
         self._sync()
         self._average.apply()
+        self._written()
 
     def _require_average(self):
         if self._average is None or self._average.empty:

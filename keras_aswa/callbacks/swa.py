@@ -38,6 +38,14 @@ class SWA(AveragingCallback):
             so that callbacks placed after this one (e.g. `ModelCheckpoint`)
             see it; the running weights are swapped back in before the next
             epoch trains. Costs one more copy of the float weights.
+        batchnorm: `"average"` (the default) averages BatchNormalization
+            moving statistics like every other weight; `"recompute"`
+            recomputes them (`keras_aswa.update_batchnorm`) over
+            `batchnorm_data` whenever the average is written into the model:
+            at the end, and at each epoch end with `swap_on_epoch`. One pass
+            over `batchnorm_data` each time.
+        batchnorm_data: The data `"recompute"` passes over: what `fit` takes
+            as `x` (arrays are batched with `fit`'s batch size).
         verbose: 0 for silence, 1 for one line per averaged epoch.
 
     Attributes:
@@ -62,9 +70,17 @@ class SWA(AveragingCallback):
         frequency: int = 1,
         restore: bool = True,
         swap_on_epoch: bool = False,
+        batchnorm: str = "average",
+        batchnorm_data=None,
         verbose: int = 0,
     ):
-        super().__init__(restore=restore, swap_on_epoch=swap_on_epoch, verbose=verbose)
+        super().__init__(
+            restore=restore,
+            swap_on_epoch=swap_on_epoch,
+            batchnorm=batchnorm,
+            batchnorm_data=batchnorm_data,
+            verbose=verbose,
+        )
         if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
             raise ValueError(
                 "A float start_from_epoch is a fraction of the epochs and must "
