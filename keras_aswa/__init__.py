@@ -9,9 +9,10 @@ model.fit(x, y, validation_split=0.1, epochs=50, callbacks=[ASWA()])
 ```
 """
 
+from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks import ASWA, SWA
 from keras_aswa.plotting import plot_history
 
 __version__ = "0.1.0"
 
-__all__ = ["ASWA", "SWA", "plot_history", "__version__"]
+__all__ = ["ASWA", "SWA", "update_batchnorm", "plot_history", "__version__"]
