@@ -54,6 +54,16 @@ def _fresh(value, dtype):
     return ops.copy(value)
 
 
+def _placed(variable, array, dtype):
+    # On the variable's device, and on JAX with its sharding, like a snapshot.
+    value = ops.convert_to_tensor(array, dtype)
+    if backend.backend() == "jax":
+        import jax
+
+        value = jax.device_put(value, variable.value.sharding)
+    return value
+
+
 def _blend(average, variable, count):
     # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
     theta = ops.cast(_read(variable), average.dtype)
@@ -204,6 +214,24 @@ class WeightAverage:
             ops.convert_to_numpy(_read(v) if avg is None else avg)
             for v, avg in zip(self.variables, self.average)
         ]
+
+    def signature(self) -> list:
+        """Shape and accumulation dtype of each entry: what a saved state must match."""
+        return [[list(v.shape), dtype] for v, dtype in zip(self.variables, self.dtypes)]
+
+    def load(self, arrays: list, count: int) -> None:
+        """Restores an average saved with `numpy()` (non-float entries ignored).
+
+        Args:
+            arrays: One array per variable, as `numpy()` returns them.
+            count: How many members they average.
+        """
+        self.swap_out()
+        self.average = [
+            None if dtype is None else _placed(v, array, dtype)
+            for v, array, dtype in zip(self.variables, arrays, self.dtypes)
+        ]
+        self.count = count
 
     def _require_members(self):
         if self.average is None:

@@ -80,6 +80,13 @@ class ASWA(AveragingCallback):
         batchnorm_data: The data `"recompute"` passes over: what `fit` takes
             as `x` (arrays are batched with `fit`'s batch size), e.g. the
             training inputs or a subset of them.
+        backup_dir: A folder where the averaging state (ensemble, size,
+            score, history, epoch) is written atomically after every epoch,
+            and read back when `fit` resumes, e.g. with
+            `keras.callbacks.BackupAndRestore` after a crash: the resumed run
+            ends with the same ensemble as an uninterrupted one. Removed when
+            training finishes. A file that is truncated or belongs to another
+            model stops `fit` with an error naming it.
         verbose: 0 for silence, 1 for one line per epoch with the decision,
             the scores and the ensemble size.
 
@@ -116,6 +123,7 @@ class ASWA(AveragingCallback):
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
+        backup_dir: str | None = None,
         verbose: int = 0,
     ):
         super().__init__(
@@ -123,6 +131,7 @@ class ASWA(AveragingCallback):
             swap_on_epoch=swap_on_epoch,
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
+            backup_dir=backup_dir,
             verbose=verbose,
         )
         if mode not in ("auto", "min", "max"):
@@ -155,7 +164,6 @@ class ASWA(AveragingCallback):
         return FitValidation(self.monitor)
 
     def _reset(self):
-        self.history: list[dict] = []
         self.best_score: float | None = None
         self._direction = None
 
@@ -182,6 +190,7 @@ class ASWA(AveragingCallback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start_from_epoch:
+            self._end_epoch(epoch)
             return
         logs = logs if logs is not None else {}
         model = self.model
@@ -217,7 +226,7 @@ class ASWA(AveragingCallback):
         logs["aswa_size"] = self.ensemble_size
         if self.verbose:
             self._print(self._describe(epoch, self.history[-1]))
-        self._end_epoch()
+        self._end_epoch(epoch)
 
     def _apply(self, decision, running, provisional):
         if decision in ("init", "hard"):
@@ -227,6 +236,12 @@ class ASWA(AveragingCallback):
             # Recomputes exactly the provisional ensemble that was scored.
             self._average.update()
             self.best_score = provisional
+
+    def _state_meta(self):
+        return {"best_score": self.best_score}
+
+    def _restore_state(self, meta):
+        self.best_score = meta["best_score"]
 
     def _describe(self, epoch, record):
         def fmt(x):

@@ -10,6 +10,7 @@ import numpy as np
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks.context import fit_callbacks, fit_locals
+from keras_aswa.state import StateFileError, clear_state, load_states, save_state
 
 BATCHNORM_MODES = ("average", "recompute")
 
@@ -34,6 +35,8 @@ class AveragingCallback(keras.callbacks.Callback):
             written into the model.
         batchnorm_data: The data `"recompute"` passes over (what `fit` takes
             as `x`; arrays are batched with `fit`'s batch size).
+        backup_dir: Where the averaging state is written after every epoch
+            and read back when a `fit` resumes (see `keras_aswa.state`).
         verbose: 0 for silence, 1 for one line per epoch.
     """
 
@@ -43,6 +46,7 @@ class AveragingCallback(keras.callbacks.Callback):
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
+        backup_dir: str | None = None,
         verbose: int = 0,
     ):
         super().__init__()
@@ -63,36 +67,102 @@ class AveragingCallback(keras.callbacks.Callback):
         self.swap_on_epoch = swap_on_epoch
         self.batchnorm = batchnorm
         self.batchnorm_data = batchnorm_data
+        self.backup_dir = None if backup_dir is None else str(backup_dir)
         self.verbose = verbose
         self._average: WeightAverage | None = None
+        self.history: list[dict] = []
 
     def on_train_begin(self, logs=None):
         # One instance may serve several `fit` calls: each starts afresh.
         self._average = WeightAverage(self.model.weights)
+        self.history = []
         self._batch_size = (fit_locals(self._model) or {}).get("batch_size") or 32
-        self._resumed_checked = False
+        self._first_epoch_seen = False
+        # Read (and checked) now, so that a bad file stops fit before training;
+        # which generation applies is known at the first epoch.
+        self._saved = [] if self.backup_dir is None else load_states(self.backup_dir)
+        for _, meta in self._saved:
+            self._check_state(meta)
         self._warn_about_peers()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not self._resumed_checked:
-            self._resumed_checked = True
-            if epoch > 0 and self._average.empty:
-                warnings.warn(
-                    f"fit is resuming at epoch {epoch} (initial_epoch or "
-                    f"BackupAndRestore): {type(self).__name__} starts a new "
-                    "average here, since the earlier one was not kept.",
-                    stacklevel=2,
-                )
+        if not self._first_epoch_seen:
+            self._first_epoch_seen = True
+            self._resume(epoch)
         if self._average.swapped_in:
             self._sync()
             self._average.swap_out()
 
-    def _end_epoch(self):
+    def _resume(self, epoch):
+        """Restores the saved state that ends just before `epoch`, if any."""
+        for arrays, meta in self._saved:
+            if meta["epoch"] == epoch - 1:
+                self._average.load(arrays, meta["count"])
+                self.history = meta["history"]
+                self._restore_state(meta)
+                return
+        if self._saved:
+            latest = self._saved[0][1]
+            raise StateFileError(
+                f"{latest['path']} holds the average up to epoch "
+                f"{latest['epoch']}, but fit starts at epoch {epoch}. Resume "
+                "with keras.callbacks.BackupAndRestore (or initial_epoch="
+                f"{latest['epoch'] + 1}), or delete the file to start afresh."
+            )
+        if epoch > 0:
+            warnings.warn(
+                f"fit is resuming at epoch {epoch} (initial_epoch or "
+                f"BackupAndRestore): {type(self).__name__} starts a new "
+                "average here, since no earlier one was kept (pass "
+                "backup_dir= to keep it).",
+                stacklevel=3,
+            )
+
+    def _end_epoch(self, epoch):
         """Subclasses call this last in `on_epoch_end`."""
+        if self.backup_dir is not None:
+            self._save(epoch)
         if self.swap_on_epoch and not self._average.empty:
             self._sync()
             self._average.swap_in()
             self._written()
+
+    def _save(self, epoch):
+        arrays = [None] * len(self._average.variables)
+        if not self._average.empty:
+            arrays = [
+                None if dtype is None else array
+                for array, dtype in zip(self._average.numpy(), self._average.dtypes)
+            ]
+        meta = {
+            "callback": type(self).__name__,
+            "epoch": epoch,
+            "count": self._average.count,
+            "signature": self._average.signature(),
+            "history": self.history,
+            **self._state_meta(),
+        }
+        save_state(self.backup_dir, arrays, meta)
+
+    def _check_state(self, meta):
+        if meta.get("callback") != type(self).__name__:
+            raise StateFileError(
+                f"{meta['path']} was written by {meta.get('callback')}, not by "
+                f"{type(self).__name__}: give each callback its own backup_dir."
+            )
+        if meta["signature"] != self._average.signature():
+            raise StateFileError(
+                f"{meta['path']} holds an average of other weights (other "
+                "model, shapes or dtypes) than this model's. It was left as it "
+                "is: point backup_dir elsewhere, or delete it to start afresh."
+            )
+
+    def _state_meta(self) -> dict:
+        """What a subclass keeps beyond the average and the history."""
+        return {}
+
+    def _restore_state(self, meta: dict) -> None:
+        """Reads back what `_state_meta` kept."""
 
     def _written(self):
         """Call after writing an average into the model."""
@@ -113,6 +183,10 @@ class AveragingCallback(keras.callbacks.Callback):
             )
             return
         self.apply_ensemble()
+        if self.backup_dir is not None:
+            # The run finished: a later fit starts afresh, as with
+            # BackupAndRestore.
+            clear_state(self.backup_dir)
         if self.verbose:
             self._print(
                 f"{type(self).__name__}: the model now holds the average of "

@@ -46,6 +46,10 @@ class SWA(AveragingCallback):
             over `batchnorm_data` each time.
         batchnorm_data: The data `"recompute"` passes over: what `fit` takes
             as `x` (arrays are batched with `fit`'s batch size).
+        backup_dir: A folder where the average, its size, the history and the
+            epoch are written atomically after every epoch and read back when
+            `fit` resumes (e.g. with `keras.callbacks.BackupAndRestore`).
+            Removed when training finishes.
         verbose: 0 for silence, 1 for one line per averaged epoch.
 
     Attributes:
@@ -72,6 +76,7 @@ class SWA(AveragingCallback):
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
+        backup_dir: str | None = None,
         verbose: int = 0,
     ):
         super().__init__(
@@ -79,6 +84,7 @@ class SWA(AveragingCallback):
             swap_on_epoch=swap_on_epoch,
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
+            backup_dir=backup_dir,
             verbose=verbose,
         )
         if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
@@ -100,11 +106,9 @@ class SWA(AveragingCallback):
         self.start_from_epoch = start_from_epoch
         self.frequency = frequency
         self.restore = restore
-        self.history: list[dict] = []
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.history = []
         self._first_epoch = self.start_from_epoch
         if isinstance(self.start_from_epoch, float):
             self._first_epoch = math.floor(self.start_from_epoch * self.params["epochs"])
@@ -121,4 +125,4 @@ class SWA(AveragingCallback):
                 )
         if logs is not None:
             logs["swa_size"] = self.ensemble_size
-        self._end_epoch()
+        self._end_epoch(epoch)

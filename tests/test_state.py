@@ -1,0 +1,166 @@
+"""Averaging state on disk: atomic generations, resume, and bad files."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from scenarios import ADAM_LR, BATCH_SIZE, regression_data, regression_model
+
+from keras_aswa import ASWA, SWA
+from keras_aswa.state import LATEST, PREVIOUS, StateFileError, load_states, save_state
+
+EPOCHS = 8
+
+
+class Crash(keras.callbacks.Callback):
+    """Kills the run in the middle of `epoch`."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.crash_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.crash_epoch and batch == 3:
+            raise RuntimeError("preempted")
+
+
+def run(tmp_path, callback, crash_at=None, model=None):
+    """The same command each time: fresh model, BackupAndRestore, callback."""
+    (x, y), (xv, yv) = regression_data()
+    model = model or regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
+    if crash_at is not None:
+        callbacks.append(Crash(crash_at))
+    model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
+              shuffle=False, verbose=0, callbacks=callbacks)
+    return model
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+@pytest.mark.parametrize("make", [ASWA, lambda **kw: SWA(start_from_epoch=2, **kw)],
+                         ids=["ASWA", "SWA"])
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make):
+    whole = make(backup_dir=str(tmp_path / "a"))
+    expected = weights(run(tmp_path / "whole", whole))
+
+    state = str(tmp_path / "b")
+    first = make(backup_dir=state)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run(tmp_path / "killed", first, crash_at=5)
+    assert os.path.exists(os.path.join(state, LATEST))
+    resumed = make(backup_dir=state)
+    got = weights(run(tmp_path / "killed", resumed))
+
+    assert resumed.history == whole.history
+    assert resumed.ensemble_size == whole.ensemble_size
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # A finished run leaves no state behind: the next fit starts afresh.
+    assert load_states(state) == []
+
+
+def test_resume_picks_the_generation_matching_keras_backup(tmp_path):
+    # Killed after ASWA saved epoch 5 but before BackupAndRestore did: Keras
+    # resumes at epoch 5, so the state of epoch 4 (the previous one) applies.
+    whole = ASWA(backup_dir=str(tmp_path / "a"))
+    expected = weights(run(tmp_path / "whole", whole))
+
+    class CrashAfterAswaSaves(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 5:
+                raise RuntimeError("preempted")
+
+    (x, y), (xv, yv) = regression_data()
+    state = str(tmp_path / "b")
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    keras_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "k"))
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
+                  shuffle=False, verbose=0,
+                  callbacks=[ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup])
+    epochs = [meta["epoch"] for _, meta in load_states(state)]
+    assert epochs == [5, 4]
+    resumed = ASWA(backup_dir=state)
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
+              shuffle=False, verbose=0,
+              callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed])
+    assert resumed.history == whole.history
+    for a, b in zip(weights(model), expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def crashed_state(tmp_path):
+    state = str(tmp_path / "state")
+    with pytest.raises(RuntimeError):
+        run(tmp_path / "k", ASWA(backup_dir=state), crash_at=3)
+    return state
+
+
+def test_truncated_state_file_is_an_error_and_is_kept(tmp_path):
+    state = crashed_state(tmp_path)
+    path = os.path.join(state, LATEST)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    damaged = open(path, "rb").read()
+    with pytest.raises(StateFileError, match=LATEST) as info:
+        run(tmp_path / "k", ASWA(backup_dir=state))
+    assert "truncated" in str(info.value)
+    assert open(path, "rb").read() == damaged  # never silently replaced
+
+
+def test_state_of_another_model_is_an_error(tmp_path):
+    state = crashed_state(tmp_path)
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3),
+                              keras.layers.Dense(1)])
+    with pytest.raises(StateFileError, match="other weights"):
+        run(tmp_path / "other", ASWA(backup_dir=state), model=other)
+
+
+def test_state_of_another_callback_is_an_error(tmp_path):
+    state = crashed_state(tmp_path)
+    with pytest.raises(StateFileError, match="written by ASWA"):
+        run(tmp_path / "k", SWA(backup_dir=state))
+
+
+def test_stale_state_with_a_fresh_start_is_an_error(tmp_path):
+    state = crashed_state(tmp_path)
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    with pytest.raises(StateFileError, match="fit starts at epoch 0"):
+        model.fit(x, y, validation_data=(xv, yv), epochs=2, verbose=0,
+                  callbacks=[ASWA(backup_dir=state)])
+
+
+def test_generations_rotate_and_writes_are_atomic(tmp_path):
+    d = str(tmp_path)
+    save_state(d, [np.arange(3.0), None], {"epoch": 0})
+    save_state(d, [np.arange(3.0) + 1, None], {"epoch": 1})
+    (latest, meta), (prev, prev_meta) = load_states(d)
+    assert meta["epoch"] == 1 and prev_meta["epoch"] == 0
+    np.testing.assert_array_equal(latest[0], [1, 2, 3])
+    assert latest[1] is None
+    assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])  # no temporaries
+
+    class Boom(Exception):
+        pass
+
+    class Exploding:
+        def __array__(self, *a, **k):
+            raise Boom
+
+    with pytest.raises(Boom):
+        save_state(d, [Exploding()], {"epoch": 2})
+    assert load_states(d)[0][1]["epoch"] == 1  # the old state stands
+    assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])
