@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from keras import ops
 
 # A score of None means: this epoch has none.
 Score = float | None
@@ -151,6 +152,9 @@ def as_score(value, source: str) -> float:
         TypeError: If `value` is not a single real number.
     """
     try:
+        # Backend tensors may live on an accelerator: Keras brings them over.
+        if hasattr(value, "shape") and not isinstance(value, np.ndarray):
+            value = ops.convert_to_numpy(value)
         array = np.asarray(value)
         if array.size != 1 or not np.issubdtype(array.dtype, np.number):
             raise ValueError
