@@ -214,10 +214,13 @@ def _plot_aswa(plt, callback, records, ax, title, figsize):
             label="provisional ensemble",
             gid="provisional",
         )
+    # Smaller markers on long runs, so that they do not cover the lines.
+    shrink = 1.0 if len(records) <= 40 else max(0.5, math.sqrt(40 / len(records)))
     for decision, style in DECISION_STYLES.items():
         at = [i for i, r in enumerate(records) if r["decision"] == decision]
         if not at:
             continue
+        style = {**style, "markersize": style["markersize"] * shrink}
         xs = [epochs[i] for i in at]
         kwargs: dict[str, Any] = {}
         if decision == "skip":
