@@ -9,6 +9,12 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras_home_"))
+# Four simulated host devices for JAX's multi-device tests (test_multidevice.py);
+# XLA reads this once, when jax is first imported.
+_xla_flags = os.environ.get("XLA_FLAGS", "")
+if os.environ.get("KERAS_BACKEND") == "jax" and "device_count" not in _xla_flags:
+    _xla_flags += " --xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = _xla_flags.strip()
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
