@@ -110,7 +110,7 @@ class WeightAverage:
         """Restarts the average from the variables' current values (n = 1)."""
         self.average = [
             None if dtype is None else _fresh(_read(v), dtype)
-            for v, dtype in zip(self.variables, self.dtypes)
+            for v, dtype in zip(self.variables, self.dtypes, strict=True)
         ]
         self.count = 1
 
@@ -121,7 +121,7 @@ class WeightAverage:
             return
         # In place, one variable at a time, so that the old and the new average
         # are never alive whole at once.
-        for i, (v, avg) in enumerate(zip(self.variables, self.average)):
+        for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
             if avg is not None:
                 self.average[i] = _blend(avg, v, self.count)
         self.count += 1
@@ -150,7 +150,7 @@ class WeightAverage:
             raise RuntimeError("The average is already swapped into the model.")
         self._saved = []
         try:
-            for v, avg in zip(self.variables, self.average):
+            for v, avg in zip(self.variables, self.average, strict=True):
                 if avg is None:
                     continue
                 if provisional:
@@ -196,7 +196,7 @@ class WeightAverage:
             RuntimeError: If the average has no member yet.
         """
         self._require_members()
-        for v, avg in zip(self.variables, self.average):
+        for v, avg in zip(self.variables, self.average, strict=True):
             if avg is not None:
                 v.assign(_fresh(avg, v.dtype))
 
@@ -212,12 +212,15 @@ class WeightAverage:
         self._require_members()
         return [
             ops.convert_to_numpy(_read(v) if avg is None else avg)
-            for v, avg in zip(self.variables, self.average)
+            for v, avg in zip(self.variables, self.average, strict=True)
         ]
 
     def signature(self) -> list:
         """Shape and accumulation dtype of each entry: what a saved state must match."""
-        return [[list(v.shape), dtype] for v, dtype in zip(self.variables, self.dtypes)]
+        return [
+            [list(v.shape), dtype]
+            for v, dtype in zip(self.variables, self.dtypes, strict=True)
+        ]
 
     def load(self, arrays: list, count: int) -> None:
         """Restores an average saved with `numpy()` (non-float entries ignored).
@@ -229,7 +232,7 @@ class WeightAverage:
         self.swap_out()
         self.average = [
             None if dtype is None else _placed(v, array, dtype)
-            for v, array, dtype in zip(self.variables, arrays, self.dtypes)
+            for v, array, dtype in zip(self.variables, arrays, self.dtypes, strict=True)
         ]
         self.count = count
 

@@ -338,9 +338,12 @@ def _accumulate(model, layers, batches):
     state = [ops.stop_gradient(v.value) for v in model.non_trainable_variables]
     sums = [
         (
-            ops.zeros(layer.moving_mean.shape, dtype=_accumulation_dtype(layer.moving_mean)),
             ops.zeros(
-                layer.moving_variance.shape, dtype=_accumulation_dtype(layer.moving_variance)
+                layer.moving_mean.shape, dtype=_accumulation_dtype(layer.moving_mean)
+            ),
+            ops.zeros(
+                layer.moving_variance.shape,
+                dtype=_accumulation_dtype(layer.moving_variance),
             ),
         )
         for layer in layers

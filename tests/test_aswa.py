@@ -41,7 +41,9 @@ def numpy_mse(weights, x, y):
     `weights` in the order of `model.weights`: Dense kernel and bias, BN gamma,
     beta, moving mean and variance, Dense kernel and bias.
     """
-    k1, b1, gamma, beta, mean, var, k2, b2 = (np.asarray(w, np.float64) for w in weights)
+    k1, b1, gamma, beta, mean, var, k2, b2 = (
+        np.asarray(w, np.float64) for w in weights
+    )
     h = np.tanh(x @ k1 + b1)
     h = (h - mean) / np.sqrt(var + BN_EPSILON) * gamma + beta
     return float(np.mean((h @ k2 + b2 - y) ** 2))
@@ -68,12 +70,17 @@ def replay(snapshots, history, float_mask, mode="min"):
             continue
         prov = [
             e + (t.astype(np.float32) - e) / np.float32(n + 1) if f else t
-            for e, t, f in zip(ensemble, theta, float_mask)
+            for e, t, f in zip(ensemble, theta, float_mask, strict=True)
         ]
         provisionals[record["epoch"]] = prov
         p = record["provisional"]
         if better(r, p) and better(r, best):
-            expected, ensemble, n, best = "hard", [t.astype(np.float32) for t in theta], 1, r
+            expected, ensemble, n, best = (
+                "hard",
+                [t.astype(np.float32) for t in theta],
+                1,
+                r,
+            )
         elif better(p, best):
             expected, ensemble, n, best = "soft", prov, n + 1, p
         else:
@@ -103,9 +110,9 @@ def test_final_weights_equal_numpy_replay():
             assert record["provisional"] == pytest.approx(expected, rel=1e-4)
 
     final = [keras.ops.convert_to_numpy(v) for v in model.weights]
-    for got, want in zip(final, ensemble):
+    for got, want in zip(final, ensemble, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(aswa.ensemble_weights(), ensemble):
+    for got, want in zip(aswa.ensemble_weights(), ensemble, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # The model now scores what ASWA says its ensemble scores.
     assert model.evaluate(xv, yv, verbose=0) == pytest.approx(aswa.best_score, rel=1e-5)
@@ -118,15 +125,21 @@ def test_batchnorm_statistics_averaged_and_integers_untouched():
     model = regression_model(extra_layers=[StepCounter()])
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     model.fit(
-        x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
-        shuffle=False, verbose=0, callbacks=[recorder, aswa],
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, aswa],
     )
     assert aswa.ensemble_size >= 2, aswa.history
     float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
     ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
     by_path = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
     paths = [v.path for v in model.weights]
-    last = dict(zip(paths, recorder.snapshots[EPOCHS - 1]))
+    last = dict(zip(paths, recorder.snapshots[EPOCHS - 1], strict=True))
     for name in ("moving_mean", "moving_variance"):
         path = next(p for p in paths if p.endswith(name))
         i = paths.index(path)
@@ -146,8 +159,14 @@ def test_aswa_does_not_disturb_training():
         )
         model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
         model.fit(
-            x, y, validation_data=(xv, yv), epochs=6, batch_size=BATCH_SIZE,
-            shuffle=False, verbose=0, callbacks=callbacks,
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=6,
+            batch_size=BATCH_SIZE,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
         )
         state = [keras.ops.convert_to_numpy(v) for v in model.weights]
         state += [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
@@ -158,7 +177,7 @@ def test_aswa_does_not_disturb_training():
     plain, with_aswa = run([]), run([aswa])
     assert {h["decision"] for h in aswa.history} - {"init"}, aswa.history
     assert len(plain) == len(with_aswa)
-    for a, b in zip(plain, with_aswa):
+    for a, b in zip(plain, with_aswa, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -181,8 +200,9 @@ def test_validation_split_and_start_from_epoch():
     (x, y), _ = regression_data()
     model = regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(x, y, validation_split=0.2, epochs=6, batch_size=32, verbose=0,
-              callbacks=[aswa])
+    model.fit(
+        x, y, validation_split=0.2, epochs=6, batch_size=32, verbose=0, callbacks=[aswa]
+    )
     assert [h["epoch"] for h in aswa.history] == [3, 4, 5]
     assert aswa.history[0]["decision"] == "init"
     assert model.history.history["val_loss"][3] == aswa.history[0]["running"]
@@ -214,8 +234,15 @@ def test_one_extra_evaluation_per_epoch_without_retracing():
         return evaluate(*args, **kwargs)
 
     model.evaluate = counting_evaluate
-    model.fit(x, y, validation_data=(xv, yv), epochs=5, batch_size=32, verbose=0,
-              callbacks=[aswa, Probe()])
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=5,
+        batch_size=32,
+        verbose=0,
+        callbacks=[aswa, Probe()],
+    )
     # fit's own validation (5) plus one per epoch after the first (4).
     assert len(calls) == 5 + 4
     assert all(f is functions[0] for f in functions)
@@ -251,8 +278,13 @@ def test_callback_validation_data_overrides_fit():
 def test_state_resets_between_fits():
     aswa = ASWA()
     model = aswa_run([aswa], epochs=3)
-    model.fit(*regression_data()[0], validation_data=regression_data()[1],
-              epochs=2, verbose=0, callbacks=[aswa])
+    model.fit(
+        *regression_data()[0],
+        validation_data=regression_data()[1],
+        epochs=2,
+        verbose=0,
+        callbacks=[aswa],
+    )
     assert [h["epoch"] for h in aswa.history] == [0, 1]
     assert aswa.history[0]["decision"] == "init"
 
@@ -260,11 +292,11 @@ def test_state_resets_between_fits():
 def test_restore_best_false_keeps_running_weights():
     recorder, aswa = SnapshotRecorder(), ASWA(restore_best=False)
     model = aswa_run([recorder, aswa], epochs=4)
-    for got, want in zip(model.get_weights(), recorder.snapshots[3]):
+    for got, want in zip(model.get_weights(), recorder.snapshots[3], strict=True):
         np.testing.assert_array_equal(got, want)
     # The ensemble can still be applied by hand.
     aswa.apply_ensemble()
-    for got, want in zip(model.get_weights(), aswa.ensemble_weights()):
+    for got, want in zip(model.get_weights(), aswa.ensemble_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -299,11 +331,11 @@ def test_16_bit_model_averages_like_float32(dtype):
     # The float32 reference: the 16-bit snapshots averaged in float32.
     float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
     ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask, mode="max")
-    for got, want in zip(aswa.ensemble_weights(), ensemble):
+    for got, want in zip(aswa.ensemble_weights(), ensemble, strict=True):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # Written into the model once, rounded to 16 bits once.
-    for v, want in zip(model.weights, ensemble):
+    for v, want in zip(model.weights, ensemble, strict=True):
         assert keras.backend.standardize_dtype(v.dtype) == dtype
         got = keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
         rounded = keras.ops.convert_to_numpy(

@@ -18,7 +18,7 @@ def variables(rng, dtype="float32"):
 
 
 def assign_all(vs, values):
-    for v, x in zip(vs, values):
+    for v, x in zip(vs, values, strict=True):
         v.assign(x)
 
 
@@ -93,7 +93,7 @@ def test_provisional_shows_blend_and_restores_exactly():
             inside[i], e[i] + (before[i] - e[i]) / 2, rtol=1e-6, atol=1e-7
         )
     np.testing.assert_array_equal(inside[2], before[2])
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
     # The average itself is unchanged by the provisional view.
     assert avg.count == 1
@@ -109,8 +109,8 @@ def test_provisional_restores_after_an_error():
     before = numpy_of(vs)
     with pytest.raises(ZeroDivisionError):
         with avg.provisional():
-            1 / 0
-    for b, a in zip(before, numpy_of(vs)):
+            raise ZeroDivisionError
+    for b, a in zip(before, numpy_of(vs), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -32,34 +32,59 @@ def bn_model():
     )
     model.set_weights(
         [
-            (np.abs(rng.normal(size=v.shape)) + 0.5 if "variance" in v.path
-             else rng.normal(scale=0.3, size=v.shape)).astype("float32")
+            (
+                np.abs(rng.normal(size=v.shape)) + 0.5
+                if "variance" in v.path
+                else rng.normal(scale=0.3, size=v.shape)
+            ).astype("float32")
             for v in model.weights
         ]
     )
-    model.compile(keras.optimizers.SGD(0.2, momentum=0.9),
-                  "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.SGD(0.2, momentum=0.9),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
 def numpy_batchnorm_statistics(kernel, bias, x):
     """Per-batch mean and biased variance of x @ kernel + bias, averaged."""
-    h = [x[i:i + BATCH] @ kernel.astype(np.float64) + bias for i in range(0, len(x), BATCH)]
+    h = [
+        x[i : i + BATCH] @ kernel.astype(np.float64) + bias
+        for i in range(0, len(x), BATCH)
+    ]
     return np.mean([b.mean(0) for b in h], 0), np.mean([b.var(0) for b in h], 0)
 
 
 def train(callback):
     (x, y), (xv, yv) = digits()
     model = bn_model()
-    model.fit(x, y, validation_data=(xv, yv), epochs=6, batch_size=BATCH,
-              shuffle=False, verbose=0, callbacks=[callback])
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=6,
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
     return model, x, (xv, yv)
 
 
-@pytest.mark.parametrize("make", [
-    lambda data: ASWA(monitor="val_accuracy", batchnorm="recompute", batchnorm_data=data),
-    lambda data: SWA(start_from_epoch=2, batchnorm="recompute", batchnorm_data=data),
-], ids=["ASWA", "SWA"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda data: ASWA(
+            monitor="val_accuracy", batchnorm="recompute", batchnorm_data=data
+        ),
+        lambda data: SWA(
+            start_from_epoch=2, batchnorm="recompute", batchnorm_data=data
+        ),
+    ],
+    ids=["ASWA", "SWA"],
+)
 def test_recompute_matches_numpy_statistics(make):
     x = digits()[0][0]
     callback = make(x)
@@ -67,7 +92,9 @@ def test_recompute_matches_numpy_statistics(make):
     ensemble = callback.ensemble_weights()
     final = [keras.ops.convert_to_numpy(v) for v in model.weights]
     kernel, bias, gamma, beta, mean, variance, *_ = range(8)
-    want_mean, want_var = numpy_batchnorm_statistics(ensemble[kernel], ensemble[bias], x)
+    want_mean, want_var = numpy_batchnorm_statistics(
+        ensemble[kernel], ensemble[bias], x
+    )
     np.testing.assert_allclose(final[mean], want_mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(final[variance], want_var, rtol=1e-4, atol=1e-5)
     # Everything else is the average, untouched by the recomputation.
@@ -93,8 +120,10 @@ def test_average_and_recompute_validation_accuracy(capsys):
             assert accuracy == pytest.approx(aswa.best_score, abs=1e-6)
         results[mode] = accuracy
     with capsys.disabled():
-        print(f"\n[{keras.backend.backend()}] digits BN-MLP ASWA val accuracy: "
-              f"average {results['average']:.4f}, recompute {results['recompute']:.4f}")
+        print(
+            f"\n[{keras.backend.backend()}] digits BN-MLP ASWA val accuracy: "
+            f"average {results['average']:.4f}, recompute {results['recompute']:.4f}"
+        )
     assert min(results.values()) > 0.85
 
 

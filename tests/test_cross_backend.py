@@ -12,7 +12,6 @@ import sys
 
 import keras
 import numpy as np
-import pytest
 from scenarios import aswa_decisions
 
 NEXT = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
@@ -23,7 +22,11 @@ def run_under(backend):
     here = os.path.dirname(__file__)
     out = subprocess.run(
         [sys.executable, os.path.join(here, "scenarios.py")],
-        env=env, capture_output=True, text=True, timeout=300, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -36,5 +39,5 @@ def test_decisions_match_next_backend():
     # Floating point differs between backends (kernels, fused ops), so
     # scores and weights agree to float32 noise, not bit for bit.
     np.testing.assert_allclose(here["running"], other["running"], rtol=1e-3)
-    for a, b in zip(here["weights"], other["weights"]):
+    for a, b in zip(here["weights"], other["weights"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)

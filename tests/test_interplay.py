@@ -5,7 +5,13 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, BATCH_SIZE, SnapshotRecorder, regression_data, regression_model
+from scenarios import (
+    ADAM_LR,
+    BATCH_SIZE,
+    SnapshotRecorder,
+    regression_data,
+    regression_model,
+)
 
 from keras_aswa import ASWA, SWA
 
@@ -14,8 +20,17 @@ def fit(callbacks, epochs=8, optimizer=None, model=None, **kw):
     (x, y), (xv, yv) = regression_data()
     model = model or regression_model()
     model.compile(optimizer or keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=BATCH_SIZE,
-              shuffle=False, verbose=0, callbacks=callbacks, **kw)
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+        **kw,
+    )
     return model
 
 
@@ -24,7 +39,7 @@ def weights(model):
 
 
 def assert_weights_equal(a, b, exact=False):
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if exact:
             np.testing.assert_array_equal(x, y)
         else:
@@ -54,12 +69,17 @@ def test_early_stopping_restore_best_weights_last_writer_wins(aswa_last):
     expected = aswa.ensemble_weights() if aswa_last else best.weights
     assert_weights_equal(weights(model), expected)
     # The two really differ, so the test tells them apart.
-    assert not all(np.allclose(a, b) for a, b in zip(aswa.ensemble_weights(), best.weights))
+    assert not all(
+        np.allclose(a, b)
+        for a, b in zip(aswa.ensemble_weights(), best.weights, strict=True)
+    )
 
 
 def test_stopping_on_the_ensemble_score():
     aswa = ASWA()
-    stopper = keras.callbacks.EarlyStopping(monitor="aswa_val_loss", mode="min", patience=2)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="aswa_val_loss", mode="min", patience=2
+    )
     model = fit([aswa, stopper], epochs=40)
     scores = model.history.history["aswa_val_loss"]
     assert len(scores) < 40
@@ -93,8 +113,15 @@ def test_reduce_lr_on_plateau_sees_an_undisturbed_run():
             )
         )
         model = regression_model()
-        fit([*callbacks, keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.5), record],
-            epochs=10, model=model)
+        fit(
+            [
+                *callbacks,
+                keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.5),
+                record,
+            ],
+            epochs=10,
+            model=model,
+        )
         return lrs, weights(model)
 
     lrs_plain, w_plain = run([])

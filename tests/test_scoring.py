@@ -29,9 +29,9 @@ def validation_formats():
         "tuple": lambda: (xv, yv),
         "tuple_with_weights": lambda: (xv, yv, np.ones(len(xv), "float32")),
         "py_dataset": lambda: ArraySequence(xv, yv),
-        "tf_data": lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(
-            (xv, yv)
-        ).batch(32),
+        "tf_data": lambda: (
+            __import__("tensorflow").data.Dataset.from_tensor_slices((xv, yv)).batch(32)
+        ),
     }
 
     def torch_dataloader():
@@ -47,8 +47,9 @@ def validation_formats():
     return (xv, yv), formats
 
 
-@pytest.mark.parametrize("kind", ["tuple", "tuple_with_weights", "py_dataset", "tf_data",
-                                  "torch_dataloader"])
+@pytest.mark.parametrize(
+    "kind", ["tuple", "tuple_with_weights", "py_dataset", "tf_data", "torch_dataloader"]
+)
 def test_callback_validation_data_formats(kind):
     (xv, yv), formats = validation_formats()
     aswa = ASWA(validation_data=formats[kind]())
@@ -76,8 +77,14 @@ def test_fit_validation_with_dataset_and_validation_steps():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0.5, 0.5), (np.float32(2.0), 2.0), (np.array([[3.0]]), 3.0), (7, 7.0),
-     (float("nan"), float("nan")), (float("inf"), float("inf"))],
+    [
+        (0.5, 0.5),
+        (np.float32(2.0), 2.0),
+        (np.array([[3.0]]), 3.0),
+        (7, 7.0),
+        (float("nan"), float("nan")),
+        (float("inf"), float("inf")),
+    ],
 )
 def test_as_score_accepts_any_scalar(value, expected):
     got = as_score(value, "score_fn")

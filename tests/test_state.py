@@ -36,8 +36,16 @@ def run(tmp_path, callback, crash_at=None, model=None):
     callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
     if crash_at is not None:
         callbacks.append(Crash(crash_at))
-    model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
-              shuffle=False, verbose=0, callbacks=callbacks)
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
     return model
 
 
@@ -45,8 +53,9 @@ def weights(model):
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
-@pytest.mark.parametrize("make", [ASWA, lambda **kw: SWA(start_from_epoch=2, **kw)],
-                         ids=["ASWA", "SWA"])
+@pytest.mark.parametrize(
+    "make", [ASWA, lambda **kw: SWA(start_from_epoch=2, **kw)], ids=["ASWA", "SWA"]
+)
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make):
     whole = make(backup_dir=str(tmp_path / "a"))
     expected = weights(run(tmp_path / "whole", whole))
@@ -61,7 +70,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make):
 
     assert resumed.history == whole.history
     assert resumed.ensemble_size == whole.ensemble_size
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # A finished run leaves no state behind: the next fit starts afresh.
     assert load_states(state) == []
@@ -84,19 +93,33 @@ def test_resume_picks_the_generation_matching_keras_backup(tmp_path):
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     keras_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "k"))
     with pytest.raises(RuntimeError):
-        model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
-                  shuffle=False, verbose=0,
-                  callbacks=[ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup])
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=EPOCHS,
+            batch_size=BATCH_SIZE,
+            shuffle=False,
+            verbose=0,
+            callbacks=[ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup],
+        )
     epochs = [meta["epoch"] for _, meta in load_states(state)]
     assert epochs == [5, 4]
     resumed = ASWA(backup_dir=state)
     model = regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=BATCH_SIZE,
-              shuffle=False, verbose=0,
-              callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed])
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed],
+    )
     assert resumed.history == whole.history
-    for a, b in zip(weights(model), expected):
+    for a, b in zip(weights(model), expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -121,8 +144,9 @@ def test_truncated_state_file_is_an_error_and_is_kept(tmp_path):
 
 def test_state_of_another_model_is_an_error(tmp_path):
     state = crashed_state(tmp_path)
-    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3),
-                              keras.layers.Dense(1)])
+    other = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(3), keras.layers.Dense(1)]
+    )
     with pytest.raises(StateFileError, match="other weights"):
         run(tmp_path / "other", ASWA(backup_dir=state), model=other)
 
@@ -139,8 +163,14 @@ def test_stale_state_with_a_fresh_start_is_an_error(tmp_path):
     model = regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     with pytest.raises(StateFileError, match="fit starts at epoch 0"):
-        model.fit(x, y, validation_data=(xv, yv), epochs=2, verbose=0,
-                  callbacks=[ASWA(backup_dir=state)])
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=2,
+            verbose=0,
+            callbacks=[ASWA(backup_dir=state)],
+        )
 
 
 def test_generations_rotate_and_writes_are_atomic(tmp_path):

@@ -17,7 +17,7 @@ def test_final_weights_are_numpy_mean_of_snapshots(start, frequency, epochs, ave
     model = aswa_run([recorder, swa], epochs=epochs)
     assert [h["epoch"] for h in swa.history] == averaged
     float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
-    for i, (v, is_float) in enumerate(zip(model.weights, float_mask)):
+    for i, (v, is_float) in enumerate(zip(model.weights, float_mask, strict=True)):
         got = keras.ops.convert_to_numpy(v)
         if is_float:
             want = np.mean([recorder.snapshots[e][i] for e in averaged], axis=0)
@@ -30,7 +30,7 @@ def test_final_weights_are_numpy_mean_of_snapshots(start, frequency, epochs, ave
 def test_restore_false_keeps_running_weights():
     recorder, swa = SnapshotRecorder(), SWA(restore=False)
     model = aswa_run([recorder, swa], epochs=3)
-    for got, want in zip(model.get_weights(), recorder.snapshots[2]):
+    for got, want in zip(model.get_weights(), recorder.snapshots[2], strict=True):
         np.testing.assert_array_equal(got, want)
     assert swa.ensemble_size == 3
 
@@ -51,5 +51,5 @@ def test_start_after_last_epoch_warns_and_keeps_model():
     recorder = SnapshotRecorder()
     with pytest.warns(UserWarning, match="averaged no epoch"):
         model = aswa_run([recorder, SWA(start_from_epoch=5)], epochs=2)
-    for got, want in zip(model.get_weights(), recorder.snapshots[1]):
+    for got, want in zip(model.get_weights(), recorder.snapshots[1], strict=True):
         np.testing.assert_array_equal(got, want)

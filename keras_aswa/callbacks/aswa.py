@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import keras
-
 from keras_aswa.callbacks.base import AveragingCallback
 from keras_aswa.callbacks.context import fit_has_validation
 from keras_aswa.decision import decide, resolve_mode

@@ -132,7 +132,9 @@ class AveragingCallback(keras.callbacks.Callback):
         if not self._average.empty:
             arrays = [
                 None if dtype is None else array
-                for array, dtype in zip(self._average.numpy(), self._average.dtypes)
+                for array, dtype in zip(
+                    self._average.numpy(), self._average.dtypes, strict=True
+                )
             ]
         meta = {
             "callback": type(self).__name__,
@@ -167,7 +169,9 @@ class AveragingCallback(keras.callbacks.Callback):
     def _written(self):
         """Call after writing an average into the model."""
         if self.batchnorm == "recompute":
-            update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
+            update_batchnorm(
+                self.model, self.batchnorm_data, batch_size=self._batch_size
+            )
 
     def on_train_end(self, logs=None):
         if self._average.swapped_in:
@@ -208,7 +212,8 @@ class AveragingCallback(keras.callbacks.Callback):
                 later = True
                 continue
             writes = (
-                isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights
+                isinstance(cb, keras.callbacks.EarlyStopping)
+                and cb.restore_best_weights
             ) or (isinstance(cb, AveragingCallback) and cb._restore)
             if writes:
                 winner = type(cb).__name__ if later else name
@@ -220,7 +225,11 @@ class AveragingCallback(keras.callbacks.Callback):
                     "you don't want, or reorder the callbacks.",
                     stacklevel=3,
                 )
-            if later and isinstance(cb, keras.callbacks.BackupAndRestore) and self.swap_on_epoch:
+            if (
+                later
+                and isinstance(cb, keras.callbacks.BackupAndRestore)
+                and self.swap_on_epoch
+            ):
                 warnings.warn(
                     f"BackupAndRestore after {name}(swap_on_epoch=True) would back "
                     "up the average instead of the running model; place it before.",

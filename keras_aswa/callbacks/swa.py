@@ -111,7 +111,9 @@ class SWA(AveragingCallback):
         super().on_train_begin(logs)
         self._first_epoch = self.start_from_epoch
         if isinstance(self.start_from_epoch, float):
-            self._first_epoch = math.floor(self.start_from_epoch * self.params["epochs"])
+            self._first_epoch = math.floor(
+                self.start_from_epoch * self.params["epochs"]
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         since = epoch - self._first_epoch
