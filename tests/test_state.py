@@ -194,3 +194,9 @@ def test_generations_rotate_and_writes_are_atomic(tmp_path):
         save_state(d, [Exploding()], {"epoch": 2})
     assert load_states(d)[0][1]["epoch"] == 1  # the old state stands
     assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])
+
+
+def test_finished_run_clears_state_without_restore(tmp_path):
+    state = str(tmp_path / "s")
+    run(tmp_path / "k", ASWA(backup_dir=state, restore_best=False))
+    assert load_states(state) == []

@@ -10,6 +10,7 @@ import numpy as np
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks.context import fit_callbacks, fit_locals
+from keras_aswa.distribute import is_chief
 from keras_aswa.state import StateFileError, clear_state, load_states, save_state
 
 BATCHNORM_MODES = ("average", "recompute")
@@ -120,7 +121,9 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def _end_epoch(self, epoch):
         """Subclasses call this last in `on_epoch_end`."""
-        if self.backup_dir is not None:
+        # Every worker of a multi-worker run holds the same average (they take
+        # the same decisions); one writes it, and all read it on resume.
+        if self.backup_dir is not None and is_chief(self._model):
             self._save(epoch)
         if self.swap_on_epoch and not self._average.empty:
             self._sync()
@@ -177,20 +180,22 @@ class AveragingCallback(keras.callbacks.Callback):
         if self._average.swapped_in:
             self._sync()
             self._average.swap_out()
-        if not self._restore:
-            return
+        if self.backup_dir is not None and is_chief(self._model):
+            # The run finished: a later fit starts afresh, as with
+            # BackupAndRestore.
+            clear_state(self.backup_dir)
+        if self._restore:
+            self._restore_average()
+
+    def _restore_average(self):
         if self._average.empty:
             warnings.warn(
                 f"{type(self).__name__} averaged no epoch, so the model keeps "
                 "its final running weights.",
-                stacklevel=2,
+                stacklevel=3,
             )
             return
         self.apply_ensemble()
-        if self.backup_dir is not None:
-            # The run finished: a later fit starts afresh, as with
-            # BackupAndRestore.
-            clear_state(self.backup_dir)
         if self.verbose:
             self._print(
                 f"{type(self).__name__}: the model now holds the average of "
