@@ -2,7 +2,8 @@
 
 `WeightAverage` keeps an equal-weight running average of a model's
 floating-point variables, on the device where they live, with `keras.ops`
-only: no copy through host memory. ASWA and SWA differ only in when they call
+only: no copy through host memory (unless `offload="host"` asks to keep the
+average in host memory instead). ASWA and SWA differ only in when they call
 `restart` and `update`; the arithmetic, the dtype rules and the swapping in
 and out of the model live here once.
 
@@ -54,20 +55,71 @@ def _fresh(value, dtype):
     return ops.copy(value)
 
 
-def _placed(variable, array, dtype):
-    # On the variable's device, and on JAX with its sharding, like a snapshot.
-    value = ops.convert_to_tensor(array, dtype)
-    if backend.backend() == "jax":
-        import jax
+class _OnDevice:
+    """The average as backend tensors beside the weights, with `keras.ops`."""
 
-        value = jax.device_put(value, variable.value.sharding)
-    return value
+    @staticmethod
+    def snapshot(variable, dtype):
+        return _fresh(_read(variable), dtype)
+
+    @staticmethod
+    def blend(average, variable, count):
+        # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
+        theta = ops.cast(_read(variable), average.dtype)
+        return ops.add(average, ops.divide(ops.subtract(theta, average), count + 1))
+
+    @staticmethod
+    def for_variable(value, variable, fresh=False):
+        # `fresh`: just computed, so the variable may take it over as it is.
+        if fresh:
+            return ops.cast(value, variable.dtype)
+        return _fresh(value, variable.dtype)
+
+    @staticmethod
+    def to_numpy(value):
+        return ops.convert_to_numpy(value)
+
+    @staticmethod
+    def place(array, variable, dtype):
+        # On the variable's device, and on JAX with its sharding.
+        value = ops.convert_to_tensor(array, dtype)
+        if backend.backend() == "jax":
+            import jax
+
+            value = jax.device_put(value, variable.value.sharding)
+        return value
 
 
-def _blend(average, variable, count):
-    # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
-    theta = ops.cast(_read(variable), average.dtype)
-    return ops.add(average, ops.divide(ops.subtract(theta, average), count + 1))
+class _OnHost:
+    """The average as numpy arrays in host memory, with numpy arithmetic.
+
+    Frees the accelerator of the average at the price of one device-to-host
+    copy of the weights per update and a host-to-device copy per write.
+    """
+
+    @staticmethod
+    def snapshot(variable, dtype):
+        return np.array(ops.convert_to_numpy(_read(variable)), dtype=dtype)
+
+    @staticmethod
+    def blend(average, variable, count):
+        theta = ops.convert_to_numpy(_read(variable)).astype(average.dtype)
+        return average + (theta - average) / average.dtype.type(count + 1)
+
+    @staticmethod
+    def for_variable(value, variable, fresh=False):
+        return ops.cast(ops.convert_to_tensor(value), variable.dtype)
+
+    @staticmethod
+    def to_numpy(value):
+        return value.copy()
+
+    @staticmethod
+    def place(array, variable, dtype):
+        return np.array(array, dtype=dtype)
+
+
+_STORAGE = {None: _OnDevice, "host": _OnHost}
 
 
 class WeightAverage:
@@ -76,6 +128,10 @@ class WeightAverage:
     Args:
         variables: The variables to average, usually `model.weights`. Their
             order is the order of `numpy()`.
+        offload: None keeps the average on the variables' devices (with
+            their sharding), computed with `keras.ops`; `"host"` keeps it in
+            host memory as numpy arrays, for models that fill the
+            accelerator: one device-to-host copy of the weights per update.
 
     Example:
 
@@ -90,7 +146,14 @@ class WeightAverage:
     ```
     """
 
-    def __init__(self, variables: Sequence):
+    def __init__(self, variables: Sequence, offload: str | None = None):
+        if offload not in _STORAGE:
+            raise ValueError(
+                f"offload={offload!r} is not one of None (the average stays on "
+                "the weights' devices) or 'host' (in host memory)."
+            )
+        self.offload = offload
+        self._storage = _STORAGE[offload]
         self.variables = list(variables)
         self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
         self._saved = None
@@ -108,10 +171,14 @@ class WeightAverage:
 
     def restart(self) -> None:
         """Restarts the average from the variables' current values (n = 1)."""
-        self.average = [
-            None if dtype is None else _fresh(_read(v), dtype)
-            for v, dtype in zip(self.variables, self.dtypes, strict=True)
-        ]
+        if self.average is None:
+            self.average = [None] * len(self.variables)
+        # In place, one variable at a time, so that the old and the new average
+        # are never alive whole at once.
+        for i, (v, dtype) in enumerate(zip(self.variables, self.dtypes, strict=True)):
+            self.average[i] = (
+                None if dtype is None else self._storage.snapshot(v, dtype)
+            )
         self.count = 1
 
     def update(self) -> None:
@@ -119,11 +186,9 @@ class WeightAverage:
         if self.average is None:
             self.restart()
             return
-        # In place, one variable at a time, so that the old and the new average
-        # are never alive whole at once.
         for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
             if avg is not None:
-                self.average[i] = _blend(avg, v, self.count)
+                self.average[i] = self._storage.blend(avg, v, self.count)
         self.count += 1
 
     @property
@@ -154,10 +219,8 @@ class WeightAverage:
                 if avg is None:
                     continue
                 if provisional:
-                    # Fresh from the arithmetic: the variable may own it.
-                    value = ops.cast(_blend(avg, v, self.count), v.dtype)
-                else:
-                    value = _fresh(avg, v.dtype)
+                    avg = self._storage.blend(avg, v, self.count)
+                value = self._storage.for_variable(avg, v, fresh=provisional)
                 self._saved.append((v, ops.copy(_read(v))))
                 v.assign(value)
         except BaseException:
@@ -198,7 +261,7 @@ class WeightAverage:
         self._require_members()
         for v, avg in zip(self.variables, self.average, strict=True):
             if avg is not None:
-                v.assign(_fresh(avg, v.dtype))
+                v.assign(self._storage.for_variable(avg, v))
 
     def numpy(self) -> list[np.ndarray]:
         """The average as numpy arrays, in the order of `variables`.
@@ -211,7 +274,9 @@ class WeightAverage:
         """
         self._require_members()
         return [
-            ops.convert_to_numpy(_read(v) if avg is None else avg)
+            ops.convert_to_numpy(_read(v))
+            if avg is None
+            else self._storage.to_numpy(avg)
             for v, avg in zip(self.variables, self.average, strict=True)
         ]
 
@@ -231,7 +296,7 @@ class WeightAverage:
         """
         self.swap_out()
         self.average = [
-            None if dtype is None else _placed(v, array, dtype)
+            None if dtype is None else self._storage.place(array, v, dtype)
             for v, array, dtype in zip(self.variables, arrays, self.dtypes, strict=True)
         ]
         self.count = count

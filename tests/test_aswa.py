@@ -342,3 +342,14 @@ def test_16_bit_model_averages_like_float32(dtype):
             keras.ops.cast(keras.ops.cast(want, dtype), "float32")
         )
         np.testing.assert_array_equal(got, rounded)
+
+
+def test_host_offload_ends_like_the_device_ensemble():
+    on_device, on_host = ASWA(), ASWA(offload="host")
+    a = aswa_run([on_device])
+    b = aswa_run([on_host])
+    assert [h["decision"] for h in on_host.history] == [
+        h["decision"] for h in on_device.history
+    ]
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

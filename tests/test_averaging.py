@@ -189,3 +189,42 @@ def test_empty_average_says_what_to_do():
         avg.apply()
     with pytest.raises(RuntimeError, match="no member"):
         avg.numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_host_offload_gives_the_device_result(dtype):
+    rng = np.random.default_rng(6)
+    device_vars = [keras.Variable(np.zeros((4, 3)), dtype=dtype)]
+    host_vars = [keras.Variable(np.zeros((4, 3)), dtype=dtype)]
+    on_device = WeightAverage(device_vars)
+    on_host = WeightAverage(host_vars, offload="host")
+    for k in range(6):
+        value = rng.normal(size=(4, 3))
+        for v in device_vars + host_vars:
+            v.assign(value)
+        for avg in (on_device, on_host):
+            avg.restart() if k in (0, 3) else avg.update()
+    assert isinstance(on_host.average[0], np.ndarray)
+    assert on_host.average[0].dtype == np.float32
+    np.testing.assert_allclose(on_host.numpy()[0], on_device.numpy()[0], rtol=1e-6)
+    # Equal up to the last bit of float32 (XLA may divide by multiplying with
+    # the reciprocal), so up to one rounding step of the variable's dtype.
+    rtol = 1e-6 if dtype == "float32" else 2**-8
+
+    def as_float32(vs):
+        return keras.ops.convert_to_numpy(keras.ops.cast(vs[0], "float32"))
+
+    with on_device.provisional(), on_host.provisional():
+        np.testing.assert_allclose(
+            as_float32(host_vars), as_float32(device_vars), rtol=rtol
+        )
+    on_device.apply()
+    on_host.apply()
+    np.testing.assert_allclose(
+        as_float32(host_vars), as_float32(device_vars), rtol=rtol
+    )
+
+
+def test_unknown_offload():
+    with pytest.raises(ValueError, match="offload="):
+        WeightAverage([], offload="disk")

@@ -85,6 +85,12 @@ class ASWA(AveragingCallback):
             ends with the same ensemble as an uninterrupted one. Removed when
             training finishes. A file that is truncated or belongs to another
             model stops `fit` with an error naming it.
+        offload: None (the default) keeps the ensemble beside the weights,
+            on their device and with their sharding: one float32 copy of the
+            float weights in device memory. `"host"` keeps it in host memory
+            as numpy arrays instead, for models that fill the accelerator, at
+            the price of a device-to-host copy of the weights at each update
+            and a host-to-device copy at each write.
         verbose: 0 for silence, 1 for one line per epoch with the decision,
             the scores and the ensemble size.
 
@@ -122,6 +128,7 @@ class ASWA(AveragingCallback):
         batchnorm: str = "average",
         batchnorm_data=None,
         backup_dir: str | None = None,
+        offload: str | None = None,
         verbose: int = 0,
     ):
         super().__init__(
@@ -130,6 +137,7 @@ class ASWA(AveragingCallback):
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
             backup_dir=backup_dir,
+            offload=offload,
             verbose=verbose,
         )
         if mode not in ("auto", "min", "max"):

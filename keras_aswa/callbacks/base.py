@@ -38,6 +38,8 @@ class AveragingCallback(keras.callbacks.Callback):
             as `x`; arrays are batched with `fit`'s batch size).
         backup_dir: Where the averaging state is written after every epoch
             and read back when a `fit` resumes (see `keras_aswa.state`).
+        offload: None keeps the average beside the weights on their device;
+            `"host"` keeps it in host memory (see `WeightAverage`).
         verbose: 0 for silence, 1 for one line per epoch.
     """
 
@@ -48,9 +50,11 @@ class AveragingCallback(keras.callbacks.Callback):
         batchnorm: str = "average",
         batchnorm_data=None,
         backup_dir: str | None = None,
+        offload: str | None = None,
         verbose: int = 0,
     ):
         super().__init__()
+        WeightAverage([], offload=offload)  # checks the value now
         if batchnorm not in BATCHNORM_MODES:
             raise ValueError(
                 f"batchnorm={batchnorm!r} is not one of {BATCHNORM_MODES}: "
@@ -69,13 +73,14 @@ class AveragingCallback(keras.callbacks.Callback):
         self.batchnorm = batchnorm
         self.batchnorm_data = batchnorm_data
         self.backup_dir = None if backup_dir is None else str(backup_dir)
+        self.offload = offload
         self.verbose = verbose
         self._average: WeightAverage | None = None
         self.history: list[dict] = []
 
     def on_train_begin(self, logs=None):
         # One instance may serve several `fit` calls: each starts afresh.
-        self._average = WeightAverage(self.model.weights)
+        self._average = WeightAverage(self.model.weights, offload=self.offload)
         self.history = []
         self._batch_size = (fit_locals(self._model) or {}).get("batch_size") or 32
         self._first_epoch_seen = False

@@ -50,6 +50,10 @@ class SWA(AveragingCallback):
             epoch are written atomically after every epoch and read back when
             `fit` resumes (e.g. with `keras.callbacks.BackupAndRestore`).
             Removed when training finishes.
+        offload: None (the default) keeps the average beside the weights, on
+            their device: one float32 copy of the float weights in device
+            memory. `"host"` keeps it in host memory as numpy arrays instead,
+            at the price of a device-to-host copy of the weights per update.
         verbose: 0 for silence, 1 for one line per averaged epoch.
 
     Attributes:
@@ -77,6 +81,7 @@ class SWA(AveragingCallback):
         batchnorm: str = "average",
         batchnorm_data=None,
         backup_dir: str | None = None,
+        offload: str | None = None,
         verbose: int = 0,
     ):
         super().__init__(
@@ -85,6 +90,7 @@ class SWA(AveragingCallback):
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
             backup_dir=backup_dir,
+            offload=offload,
             verbose=verbose,
         )
         if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
