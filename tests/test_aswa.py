@@ -205,6 +205,15 @@ def test_validation_split_and_start_from_epoch():
     )
     assert [h["epoch"] for h in aswa.history] == [3, 4, 5]
     assert aswa.history[0]["decision"] == "init"
+    # The log keys are there from the first epoch (CSVLogger fixes its
+    # columns then), empty until the first scored epoch.
+    assert model.history.history["aswa_size"] == [
+        0,
+        0,
+        0,
+        1,
+        *[h["ensemble_size"] for h in aswa.history[1:]],
+    ]
     assert model.history.history["val_loss"][3] == aswa.history[0]["running"]
 
 

@@ -195,10 +195,13 @@ class ASWA(AveragingCallback):
             self._direction = None
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
         if epoch < self.start_from_epoch:
+            # The keys exist from the first epoch on: CSVLogger fixes its
+            # columns then.
+            self._log(logs)
             self._end_epoch(epoch)
             return
-        logs = logs if logs is not None else {}
         model = self.model
         if self._direction is None:
             self._direction = resolve_mode(self.monitor, self.mode, model)
@@ -226,13 +229,16 @@ class ASWA(AveragingCallback):
                 "ensemble_score": self.best_score,
             }
         )
+        self._log(logs)
+        if self.verbose:
+            self._print(self._describe(epoch, self.history[-1]))
+        self._end_epoch(epoch)
+
+    def _log(self, logs):
         logs[f"aswa_{self.monitor}"] = (
             math.nan if self.best_score is None else self.best_score
         )
         logs["aswa_size"] = self.ensemble_size
-        if self.verbose:
-            self._print(self._describe(epoch, self.history[-1]))
-        self._end_epoch(epoch)
 
     def _apply(self, decision, running, provisional):
         if decision in ("init", "hard"):
