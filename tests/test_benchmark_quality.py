@@ -1,0 +1,217 @@
+"""The quality benchmark's smoke run, in-process on the current backend.
+
+Structure and sanity only (every data set, model and method present, scores
+in range, the report written, methods read off one run equal to real runs);
+no quality thresholds: 3 epochs on tiny data say nothing about quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from benchmarks import quality
+
+EXPECTED_CONFIGS = {
+    "fashion_mnist/mlp",
+    "fashion_mnist/cnn",
+    "digits/mlp",
+    "umls/distmult",
+    "umls/complex",
+    "nations/distmult",
+    "nations/complex",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality")
+    result = quality.main(["--smoke", "--out", str(out)])
+    return result, out
+
+
+def test_every_configuration_and_method_ran(smoke):
+    result, _ = smoke
+    assert result["smoke"] is True
+    assert result["environment"]["backend"] == keras.backend.backend()
+    assert set(result["configs"]) == EXPECTED_CONFIGS
+    for key, entry in result["configs"].items():
+        cfg = quality.Config(**entry["config"])
+        assert cfg.epochs == 3
+        (record,) = entry["records"]
+        assert record["seed"] == 1
+        assert set(record["metrics"]) == set(quality.METHODS)
+        names = quality.KG_METRICS if cfg.is_kg else ("accuracy",)
+        for method, metrics in record["metrics"].items():
+            for name in (*names, "val"):
+                value = metrics[name]
+                assert math.isfinite(value) and 0.0 <= value <= 1.0, (key, method, name)
+            if cfg.is_kg:
+                h1, h3, h10 = (metrics[f"hits@{k}"] for k in (1, 3, 10))
+                assert h1 <= h3 <= h10
+                assert h1 <= metrics["mrr"] <= 1.0
+        # One decision per epoch; SWA from 50 % of 3 epochs = epochs 1 and 2.
+        assert sum(record["aswa_decisions"].values()) == 3
+        history = record["aswa_history"]
+        assert history["epoch"] == [0, 1, 2]
+        assert history["decision"][0] == "init"
+        assert history["size"][-1] == record["aswa_size"]
+        assert len(history["running"]) == len(history["ensemble"]) == 3
+        assert record["swa_size"] == 2
+        assert 1 <= record["aswa_size"] <= 3
+        assert 0 <= record["early_stopping_best_epoch"] <= 2
+        # Early stopping keeps the best validation epoch: nothing beats it
+        # among single snapshots, so the last model can't score higher.
+        assert (
+            record["metrics"]["early_stopping"]["val"]
+            >= record["metrics"]["last"]["val"]
+        )
+        summary = entry["summary"]["methods"]
+        assert set(summary) == set(quality.METHODS)
+        for method in quality.METHODS:
+            s = summary[method][cfg.metric]
+            assert s["mean"] == pytest.approx(record["metrics"][method][cfg.metric])
+            if method != "aswa":
+                assert s["wins"] + s["ties"] + s["losses"] == 1
+                assert s["wilcoxon_p"] is None  # one seed: no test
+
+
+def test_report_json_and_plots_written(smoke):
+    result, out = smoke
+    assert json.loads((out / "quality.json").read_text()) == json.loads(
+        json.dumps(result)
+    )
+    md = (out / "quality.md").read_text()
+    assert "SMOKE run" in md
+    for key in EXPECTED_CONFIGS:
+        dataset, model = key.split("/")
+        assert f"## {dataset} / {model}" in md
+        png = out / "img" / f"quality_{dataset}_{model}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](img/quality_{dataset}_{model}.png)" in md
+    assert "UMLS against the authors' library" in md
+    assert "| distmult | 0.602 / 0.675 / 0.778 |" in md
+
+
+def test_read_off_equals_real_single_method_runs(smoke):
+    """The methods read off one run are those of real runs of each alone.
+
+    SWA's average from the shared run (EMA on, ASWA and the recorders
+    beside it) must equal a run with only `SWA(restore=True)` and no EMA,
+    on both scoring paths: fit's validation (digits) and score_fn (UMLS).
+    """
+    result, _ = smoke
+    checked = {
+        k: e["verification"]
+        for k, e in result["configs"].items()
+        if "verification" in e
+    }
+    assert set(checked) == {"digits/mlp", "umls/distmult"}
+    disturbed = []
+    for key, methods in checked.items():
+        assert set(methods) == {"swa"}
+        v = methods["swa"]
+        if (
+            v["max_abs_weight_diff"] > 1e-6
+            and keras.backend.backend() == "torch"
+            and key == "digits/mlp"
+        ):
+            # Known: on torch, ASWA's extra model.evaluate inside fit draws
+            # from torch's global RNG (a DataLoader iterator takes a base
+            # seed), so later batches are shuffled differently than in a run
+            # without ASWA. Reported to keras_aswa's maintainers.
+            disturbed.append(key)
+            continue
+        assert v["max_abs_weight_diff"] <= 1e-6, (key, v)
+        assert v["real_run"] == pytest.approx(v["read_off"], abs=1e-6), (key, v)
+    if disturbed:
+        pytest.xfail(
+            f"torch: ASWA's validation evaluation changes the batch order ({disturbed})"
+        )
+
+
+def test_plain_versus_aswa_timing_recorded(smoke):
+    result, _ = smoke
+    timing = result["configs"]["umls/distmult"]["timing"]
+    assert set(timing["median"]) == {"plain", "aswa"}
+    assert all(t > 0 for t in timing["median"].values())
+    assert timing["aswa_over_plain"] == pytest.approx(
+        timing["median"]["aswa"] / timing["median"]["plain"]
+    )
+
+
+def test_report_mode_merges_smoke_runs(smoke, tmp_path):
+    result, out = smoke
+    full = dict(result, smoke=False)
+    (tmp_path / "quality.json").write_text(json.dumps(full))
+    merged = quality.main(
+        [
+            "--report",
+            "--out",
+            str(tmp_path),
+            "--include-smoke",
+            str(out / "quality.json"),
+        ]
+    )
+    backend = keras.backend.backend()
+    assert set(merged["smoke_runs"]) == {backend}
+    md = (tmp_path / "quality.md").read_text()
+    assert "## Smoke runs on every backend" in md
+    assert f"| {backend} | umls/distmult (mrr) |" in md
+
+
+def _records(aswa, other):
+    return [
+        {
+            "metrics": {
+                m: {"accuracy": (a if m == "aswa" else o), "val": 0.5}
+                for m in quality.METHODS
+            }
+        }
+        for a, o in zip(aswa, other, strict=True)
+    ]
+
+
+def test_summarize_paired_counts_and_wilcoxon():
+    aswa = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95]
+    other = [0.89, 0.91, 0.90, 0.94, 0.90, 0.91]
+    s = quality.summarize(_records(aswa, other), ("accuracy", "val"))
+    assert s["n_seeds"] == 6
+    last = s["methods"]["last"]["accuracy"]
+    assert (last["wins"], last["ties"], last["losses"]) == (4, 1, 1)
+    diff = np.array(aswa) - np.array(other)
+    assert last["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
+    assert last["mean_diff"] == pytest.approx(diff.mean())
+    assert s["methods"]["aswa"]["accuracy"]["mean"] == pytest.approx(np.mean(aswa))
+    assert s["methods"]["aswa"]["accuracy"]["std"] == pytest.approx(
+        np.std(aswa, ddof=1)
+    )
+    assert "wins" not in s["methods"]["aswa"]["accuracy"]
+    # All differences zero: no evidence either way.
+    same = quality.summarize(_records(aswa, aswa), ("accuracy",))
+    assert same["methods"]["swa"]["accuracy"]["wilcoxon_p"] == 1.0
+    assert same["methods"]["swa"]["accuracy"]["ties"] == 6
+    # With 5 seeds all won, the exact two-sided p is 2 / 2**5.
+    five = quality.summarize(
+        _records(aswa[:5], [a - 0.01 * (i + 1) for i, a in enumerate(aswa[:5])]),
+        ("accuracy",),
+    )
+    assert five["methods"]["ema"]["accuracy"]["wilcoxon_p"] == pytest.approx(0.0625)
+
+
+def test_parse_seeds():
+    assert quality.parse_seeds("1-3,7") == [1, 2, 3, 7]
+    assert quality.parse_seeds("5") == [5]
+
+
+def test_backend_must_match_the_loaded_one():
+    other = next(
+        b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()
+    )
+    with pytest.raises(SystemExit):
+        quality.main(["--smoke", "--backend", other])
