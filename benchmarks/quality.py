@@ -641,6 +641,22 @@ def environment() -> dict:
                 break
     except OSError:
         pass
+    try:  # which keras_aswa produced the numbers
+        import subprocess
+
+        root = Path(__file__).resolve().parent.parent
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "keras_aswa"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        versions["keras_aswa"] = commit + (" (keras_aswa/ modified)" if dirty else "")
+    except OSError:
+        pass
     return {
         "backend": backend,
         "versions": versions,
