@@ -150,10 +150,25 @@ def test_batchnorm_statistics_averaged_and_integers_untouched():
     assert int(by_path[counter]) == steps_run
 
 
-def test_aswa_does_not_disturb_training():
+@pytest.mark.parametrize(
+    "shuffle, validation",
+    [(False, "fit"), (True, "fit"), (True, "callback"), (True, "recompute")],
+)
+def test_aswa_does_not_disturb_training(shuffle, validation):
+    """Same weights, optimizer state and counters as a fit without ASWA.
+
+    With shuffling, the extra evaluations (and BatchNorm passes) must not
+    draw from the random generators that order the training batches.
+    """
+    (x, y), (xv, yv) = regression_data()
+    options = {
+        "fit": {},
+        "callback": {"validation_data": (xv, yv)},
+        "recompute": {"batchnorm": "recompute", "batchnorm_data": x},
+    }[validation]
+
     def run(callbacks):
         keras.utils.set_random_seed(7)
-        (x, y), (xv, yv) = regression_data()
         model = regression_model(
             extra_layers=[keras.layers.Dropout(0.3, seed=3), StepCounter()]
         )
@@ -164,7 +179,7 @@ def test_aswa_does_not_disturb_training():
             validation_data=(xv, yv),
             epochs=6,
             batch_size=BATCH_SIZE,
-            shuffle=False,
+            shuffle=shuffle,
             verbose=0,
             callbacks=callbacks,
         )
@@ -173,7 +188,7 @@ def test_aswa_does_not_disturb_training():
         state += [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
         return state
 
-    aswa = ASWA(restore_best=False)
+    aswa = ASWA(restore_best=False, **options)
     plain, with_aswa = run([]), run([aswa])
     assert {h["decision"] for h in aswa.history} - {"init"}, aswa.history
     assert len(plain) == len(with_aswa)

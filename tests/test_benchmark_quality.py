@@ -112,27 +112,11 @@ def test_read_off_equals_real_single_method_runs(smoke):
         if "verification" in e
     }
     assert set(checked) == {"digits/mlp", "umls/distmult"}
-    disturbed = []
     for key, methods in checked.items():
         assert set(methods) == {"swa"}
         v = methods["swa"]
-        if (
-            v["max_abs_weight_diff"] > 1e-6
-            and keras.backend.backend() == "torch"
-            and key == "digits/mlp"
-        ):
-            # Known: on torch, ASWA's extra model.evaluate inside fit draws
-            # from torch's global RNG (a DataLoader iterator takes a base
-            # seed), so later batches are shuffled differently than in a run
-            # without ASWA. Reported to keras_aswa's maintainers.
-            disturbed.append(key)
-            continue
         assert v["max_abs_weight_diff"] <= 1e-6, (key, v)
         assert v["real_run"] == pytest.approx(v["read_off"], abs=1e-6), (key, v)
-    if disturbed:
-        pytest.xfail(
-            f"torch: ASWA's validation evaluation changes the batch order ({disturbed})"
-        )
 
 
 def test_plain_versus_aswa_timing_recorded(smoke):

@@ -194,13 +194,11 @@ class ASWA(AveragingCallback):
         except ValueError:
             self._direction = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
+    def _update(self, epoch, logs):
         if epoch < self.start_from_epoch:
             # The keys exist from the first epoch on: CSVLogger fixes its
             # columns then.
             self._log(logs)
-            self._end_epoch(epoch)
             return
         model = self.model
         if self._direction is None:
@@ -232,7 +230,6 @@ class ASWA(AveragingCallback):
         self._log(logs)
         if self.verbose:
             self._print(self._describe(epoch, self.history[-1]))
-        self._end_epoch(epoch)
 
     def _log(self, logs):
         logs[f"aswa_{self.monitor}"] = (

@@ -10,6 +10,7 @@ import numpy as np
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks.context import fit_callbacks, fit_locals
+from keras_aswa.callbacks.isolation import rng_preserved
 from keras_aswa.distribute import is_chief
 from keras_aswa.state import StateFileError, clear_state, load_states, save_state
 
@@ -124,8 +125,17 @@ class AveragingCallback(keras.callbacks.Callback):
                 stacklevel=3,
             )
 
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        with rng_preserved():
+            self._update(epoch, logs)
+            self._end_epoch(epoch)
+
+    def _update(self, epoch: int, logs: dict) -> None:
+        """The subclass' policy: fold this epoch's weights in, or not."""
+        raise NotImplementedError
+
     def _end_epoch(self, epoch):
-        """Subclasses call this last in `on_epoch_end`."""
         # Every worker of a multi-worker run holds the same average (they take
         # the same decisions); one writes it, and all read it on resume.
         if self.backup_dir is not None and is_chief(self._model):
@@ -182,6 +192,10 @@ class AveragingCallback(keras.callbacks.Callback):
             )
 
     def on_train_end(self, logs=None):
+        with rng_preserved():
+            self._finish()
+
+    def _finish(self):
         if self._average.swapped_in:
             self._sync()
             self._average.swap_out()

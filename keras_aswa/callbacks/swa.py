@@ -121,7 +121,7 @@ class SWA(AveragingCallback):
                 self.start_from_epoch * self.params["epochs"]
             )
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _update(self, epoch, logs):
         since = epoch - self._first_epoch
         if since >= 0 and since % self.frequency == 0:
             self._sync()
@@ -131,6 +131,4 @@ class SWA(AveragingCallback):
                 self._print(
                     f"Epoch {epoch + 1}: SWA averaged, size {self.ensemble_size}"
                 )
-        if logs is not None:
-            logs["swa_size"] = self.ensemble_size
-        self._end_epoch(epoch)
+        logs["swa_size"] = self.ensemble_size
