@@ -1,0 +1,86 @@
+"""The cost benchmark's smoke run, in this process, on the current backend.
+
+Checks structure and correctness only (no timing thresholds): every variant
+ran, ratios are positive, the naive reimplementation takes ASWA's decisions.
+"""
+
+import dataclasses
+import math
+
+import keras
+import pytest
+
+from benchmarks import overhead
+
+# Keras' get_weights (the naive variant) warns under numpy 2; not ours to fix.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation:DeprecationWarning"
+)
+
+
+@pytest.fixture(scope="module")
+def result():
+    # Peak RSS measured in this process: exercises the path a fresh process runs.
+    return overhead.run_backend(overhead.SMOKE, rss="inprocess")
+
+
+def test_every_variant_timed(result):
+    epochs, reps = overhead.SMOKE.epochs, overhead.SMOKE.reps
+    assert result["backend"] == keras.backend.backend()
+    for v in overhead.VARIANTS:
+        t = result["timings"][v]
+        assert len(t["fit_s"]) == reps and all(s > 0 for s in t["fit_s"])
+        assert len(t["fit_cpu_s"]) == reps and all(s > 0 for s in t["fit_cpu_s"])
+        assert len(t["epoch_end_ms"]) == reps * (epochs - 1)
+        row = result["summary"]["rows"][v]
+        assert row["epoch_end_ms"] >= 0 and math.isfinite(row["excess_callback_pct"])
+        for clock in ("wall", "cpu"):
+            assert row[clock]["ratio"] > 0 and row[clock]["ideal_ratio"] > 1
+            assert all(math.isfinite(x) for x in row[clock].values())
+    for clock in ("wall", "cpu"):
+        assert result["summary"]["rows"]["plain"][clock]["ratio"] == 1
+    assert all(s > 0 for s in result["timings"]["evaluate_s"])
+    assert result["summary"]["cached_evaluate_ms"] > 0
+
+
+def test_naive_takes_aswa_decisions(result):
+    check = result["check"]
+    assert check["aswa"] == check["naive"], check
+    assert len(check["aswa"]) == overhead.SMOKE.epochs
+    assert check["aswa"][0] == "init"
+    assert check["ensemble_max_abs_diff"] < 1e-5
+    assert check["running_score_max_abs_diff"] < 1e-5
+    # The timed fits start from the same state: each run decides something.
+    for v in ("aswa", "naive"):
+        for decisions in result["timings"][v]["decisions"]:
+            assert decisions[0] == "init" and len(decisions) == overhead.SMOKE.epochs
+
+
+def test_bookkeeping_and_memory(result):
+    b = result["bookkeeping"]
+    assert (
+        b["bookkeeping_ms"] > 0 and b["ms"]["memcpy"] > 0 and b["ratio_to_memcpy"] > 0
+    )
+    assert all(ms > 0 for ms in b["ms"].values())
+    # The ensemble is one float32 copy; the kept running weights make two.
+    assert b["ensemble_bytes"] == b["weight_bytes"]
+    assert b["provisional_bytes"] == 2 * b["weight_bytes"]
+    assert set(result["memory"]) == set(overhead.RSS_VARIANTS)
+    for m in result["memory"].values():
+        assert math.isfinite(m["peak_delta_mib"]) and m["rss_mib"] > 0
+
+
+def test_markdown(result, tmp_path):
+    text = overhead.header([result], ["--smoke"]) + overhead.markdown([result])
+    for v in overhead.VARIANTS:
+        assert f"| {result['backend']} | {v} |" in text
+    assert "decisions agree" in text and "| yes:" in text
+
+
+def test_cli_writes_tables(tmp_path, monkeypatch):
+    # The CLI on this process's backend runs in-process; the smallest run.
+    out = tmp_path / "overhead.md"
+    tiny = dataclasses.replace(overhead.SMOKE, reps=1, bookkeeping_reps=1)
+    monkeypatch.setattr(overhead, "SMOKE", tiny)
+    overhead.main(["--smoke", "--rss", "off", "--out", str(out)])
+    assert f"| {keras.backend.backend()} | aswa |" in out.read_text()
