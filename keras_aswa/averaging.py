@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from keras import backend, ops
 
+from keras_aswa import kernels
+
 
 def accumulation_dtype(dtype) -> str | None:
     """The dtype a variable of `dtype` is averaged in, or None if never.
@@ -40,12 +42,6 @@ def accumulation_dtype(dtype) -> str | None:
     return "float64" if dtype == "float64" else "float32"
 
 
-def _read(variable):
-    # Detached from autograd (torch). On TF and torch the read may alias the
-    # variable's buffer: whatever must outlive the next assign is copied.
-    return ops.stop_gradient(variable.value)
-
-
 def _fresh(value, dtype):
     # A new buffer in `dtype`. On JAX a variable takes ownership of what it is
     # assigned, and a snapshot must not share the variable's buffer: neither
@@ -60,13 +56,16 @@ class _OnDevice:
 
     @staticmethod
     def snapshot(variable, dtype):
-        return _fresh(_read(variable), dtype)
+        return _fresh(kernels.read(variable), dtype)
+
+    # A provisional average shown in a variable of its own dtype is read back
+    # from it afterwards, instead of being held twice.
+    keeps_blend = False
 
     @staticmethod
     def blend(average, variable, count):
         # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
-        theta = ops.cast(_read(variable), average.dtype)
-        return ops.add(average, ops.divide(ops.subtract(theta, average), count + 1))
+        return kernels.blend(average, kernels.read(variable), count)
 
     @staticmethod
     def for_variable(value, variable, fresh=False):
@@ -99,11 +98,13 @@ class _OnHost:
 
     @staticmethod
     def snapshot(variable, dtype):
-        return np.array(ops.convert_to_numpy(_read(variable)), dtype=dtype)
+        return np.array(ops.convert_to_numpy(kernels.read(variable)), dtype=dtype)
+
+    keeps_blend = True  # in host memory, beside the device's weights
 
     @staticmethod
     def blend(average, variable, count):
-        theta = ops.convert_to_numpy(_read(variable)).astype(average.dtype)
+        theta = ops.convert_to_numpy(kernels.read(variable)).astype(average.dtype)
         return average + (theta - average) / average.dtype.type(count + 1)
 
     @staticmethod
@@ -142,6 +143,7 @@ class WeightAverage:
     average.update()         # E <- E + (θ - E) / (n + 1), n = n + 1
     with average.provisional():
         model.evaluate(...)  # the model holds E + (θ - E) / (n + 1)
+    average.commit()         # ...which becomes E (or: discard() it)
     average.apply()          # the model holds E
     ```
     """
@@ -157,6 +159,8 @@ class WeightAverage:
         self.variables = list(variables)
         self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
         self._saved = None
+        self._pending = None
+        self._showing_provisional = False
         self.reset()
 
     def reset(self) -> None:
@@ -164,6 +168,7 @@ class WeightAverage:
         self.swap_out()
         self.average: list | None = None
         self.count = 0
+        self._pending = None
 
     @property
     def empty(self) -> bool:
@@ -171,6 +176,7 @@ class WeightAverage:
 
     def restart(self) -> None:
         """Restarts the average from the variables' current values (n = 1)."""
+        self._pending = None
         if self.average is None:
             self.average = [None] * len(self.variables)
         # In place, one variable at a time, so that the old and the new average
@@ -186,6 +192,7 @@ class WeightAverage:
         if self.average is None:
             self.restart()
             return
+        self._pending = None
         for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
             if avg is not None:
                 self.average[i] = self._storage.blend(avg, v, self.count)
@@ -199,13 +206,14 @@ class WeightAverage:
     def swap_in(self, provisional: bool = False) -> None:
         """Writes the average into the variables, keeping their values.
 
-        `swap_out` puts the kept values back exactly. Costs one extra copy of
-        the float variables (the kept values) until then.
+        `swap_out` puts the kept values back exactly. The kept values are
+        one extra copy of the float variables until then (held by reference
+        where the backend allows it: nothing is copied to keep them).
 
         Args:
             provisional: Write the provisional average `E + (θ - E) / (n + 1)`
                 (the variables' current values `θ` added as one more member)
-                instead of the average `E`.
+                instead of the average `E`; `commit` can then adopt it.
 
         Raises:
             RuntimeError: If the average has no member yet, or is swapped in.
@@ -213,16 +221,22 @@ class WeightAverage:
         self._require_members()
         if self._saved is not None:
             raise RuntimeError("The average is already swapped into the model.")
-        self._saved = []
+        self._saved, self._pending = [], None
+        self._showing_provisional = provisional
         try:
-            for v, avg in zip(self.variables, self.average, strict=True):
+            for i, (v, avg) in enumerate(
+                zip(self.variables, self.average, strict=True)
+            ):
                 if avg is None:
                     continue
+                kept = None
                 if provisional:
-                    avg = self._storage.blend(avg, v, self.count)
-                value = self._storage.for_variable(avg, v, fresh=provisional)
-                self._saved.append((v, ops.copy(_read(v))))
-                v.assign(value)
+                    blended = self._storage.blend(avg, v, self.count)
+                    value = self._storage.for_variable(blended, v, fresh=True)
+                    kept = blended if self._storage.keeps_blend else None
+                else:
+                    value = self._storage.for_variable(avg, v)
+                self._saved.append((i, v, kernels.exchange(v, value), kept))
         except BaseException:
             self.swap_out()
             raise
@@ -230,8 +244,45 @@ class WeightAverage:
     def swap_out(self) -> None:
         """Puts back the values `swap_in` kept; a no-op if none are kept."""
         saved, self._saved = self._saved or [], None
-        for v, value in saved:
-            v.assign(value)
+        pending = [None] * len(self.variables)
+        for i, v, previous, kept in saved:
+            shown = kernels.exchange(v, previous)
+            if kept is None and backend.standardize_dtype(v.dtype) == self.dtypes[i]:
+                kept = shown  # the provisional average itself, at full precision
+            pending[i] = kept
+        if saved and self._showing_provisional:
+            self._pending = pending
+
+    def commit(self) -> None:
+        """Adopts the provisional average of the last `provisional()` block.
+
+        The same as `update()` right after the block, without blending again
+        what the block computed already. Only for blocks that wrote nothing
+        into the variables: otherwise call `update()`.
+
+        Raises:
+            RuntimeError: If no provisional block ended since the average last
+                changed.
+        """
+        if self._pending is None:
+            raise RuntimeError(
+                "No provisional average to commit: commit() follows a "
+                "provisional() block, before the average changes."
+            )
+        pending, self._pending = self._pending, None
+        for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
+            if avg is not None:
+                kept = pending[i]
+                self.average[i] = (
+                    kept
+                    if kept is not None
+                    else self._storage.blend(avg, v, self.count)
+                )
+        self.count += 1
+
+    def discard(self) -> None:
+        """Frees the provisional average of the last block, if still held."""
+        self._pending = None
 
     @contextlib.contextmanager
     def provisional(self) -> Iterator[None]:
@@ -239,7 +290,9 @@ class WeightAverage:
 
         Inside the block the variables hold `E + (θ - E) / (n + 1)`; on
         leaving it they hold exactly their values from before, whatever
-        happened inside.
+        happened inside. The provisional average stays held (one copy of the
+        float variables) until `commit`, `discard` or any change of the
+        average.
 
         Raises:
             RuntimeError: If the average has no member yet.
@@ -274,7 +327,7 @@ class WeightAverage:
         """
         self._require_members()
         return [
-            ops.convert_to_numpy(_read(v))
+            ops.convert_to_numpy(kernels.read(v))
             if avg is None
             else self._storage.to_numpy(avg)
             for v, avg in zip(self.variables, self.average, strict=True)
@@ -295,6 +348,7 @@ class WeightAverage:
             count: How many members they average.
         """
         self.swap_out()
+        self._pending = None
         self.average = [
             None if dtype is None else self._storage.place(array, v, dtype)
             for v, array, dtype in zip(self.variables, arrays, self.dtypes, strict=True)

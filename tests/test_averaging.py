@@ -100,6 +100,58 @@ def test_provisional_shows_blend_and_restores_exactly():
     np.testing.assert_array_equal(avg.numpy()[0], e[0])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offload", [None, "host"])
+def test_commit_adopts_the_provisional_average_like_update(dtype, offload):
+    rng = np.random.default_rng(5)
+    vs = variables(rng, dtype)
+    committed, updated = WeightAverage(vs, offload), WeightAverage(vs, offload)
+    for k in range(4):
+        assign_all(vs[:2], [rng.normal(size=(3, 4)), rng.normal(size=(4,))])
+        if k == 0:
+            committed.restart()
+            updated.restart()
+            continue
+        with committed.provisional():
+            shown = numpy_of(vs)
+        committed.commit()
+        updated.update()
+        ours, reference = committed.numpy(), updated.numpy()
+        for i in range(2):
+            np.testing.assert_array_equal(ours[i], reference[i])
+            # What the model showed is what was adopted, rounded to its dtype.
+            rounded = ops.convert_to_numpy(
+                ops.cast(ops.cast(ours[i], dtype), "float32")
+            )
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(ops.cast(shown[i], "float32")), rounded
+            )
+    assert committed.count == updated.count == 4
+    with pytest.raises(RuntimeError, match="No provisional average to commit"):
+        committed.commit()  # once only
+
+
+def test_nothing_to_commit_after_discard_or_a_change():
+    rng = np.random.default_rng(6)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    with avg.provisional():
+        pass
+    avg.discard()
+    with pytest.raises(RuntimeError, match="No provisional average"):
+        avg.commit()
+    with avg.provisional():
+        pass
+    avg.update()
+    with pytest.raises(RuntimeError, match="No provisional average"):
+        avg.commit()
+    avg.swap_in()  # the average itself, not a provisional one
+    avg.swap_out()
+    with pytest.raises(RuntimeError, match="No provisional average"):
+        avg.commit()
+
+
 def test_provisional_restores_after_an_error():
     rng = np.random.default_rng(3)
     vs = variables(rng)

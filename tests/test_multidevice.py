@@ -191,12 +191,18 @@ if BACKEND == "jax":
             assert avg.sharding.is_equivalent_to(sharding, avg.ndim), v.path
         # The running weights kept while the provisional ensemble is scored,
         # and the provisional ensemble written in, keep their layout too.
-        aswa._average.swap_in(provisional=True)
+        average = aswa._average
+        average.swap_in(provisional=True)
         try:
-            for v, saved in aswa._average._saved:
+            for _, v, saved, _ in average._saved:
                 assert saved.sharding.spec == v.value.sharding.spec, v.path
         finally:
-            aswa._average.swap_out()
+            average.swap_out()
+        # So does the provisional ensemble kept for adoption (`commit`).
+        for v, kept in zip(average.variables, average._pending, strict=True):
+            if kept is not None:
+                assert kept.sharding.spec == v.value.sharding.spec, v.path
+        average.discard()
         for pattern, spec in expected_specs.items():
             hits = [s for path, s in specs.items() if pattern in path]
             assert hits and all(s == spec for s in hits), (pattern, specs)

@@ -120,7 +120,7 @@ def test_aswa_averages_in_float32_and_rounds_once(policy):
         kept = aswa._average._saved
         if kept:  # scoring the provisional ensemble: the running weights wait
             saved_dtypes.update(
-                keras.backend.standardize_dtype(t.dtype) for _, t in kept
+                keras.backend.standardize_dtype(t.dtype) for _, _, t, _ in kept
             )
         return next(counter)
 

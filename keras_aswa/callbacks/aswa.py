@@ -242,9 +242,15 @@ class ASWA(AveragingCallback):
             self._average.restart()
             self.best_score = running
         elif decision == "soft":
-            # Recomputes exactly the provisional ensemble that was scored.
-            self._average.update()
+            if self.batchnorm == "recompute":
+                # The scored model's BatchNorm statistics were recomputed in
+                # place: blend the averaged ones again.
+                self._average.update()
+            else:
+                self._average.commit()  # the ensemble that was scored
             self.best_score = provisional
+        else:
+            self._average.discard()
 
     def _state_meta(self):
         return {"best_score": self.best_score}
