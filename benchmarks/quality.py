@@ -849,7 +849,7 @@ def render_markdown(result: dict, out: Path) -> str:
         "## Set-up",
         "",
         "All five methods of a seed are read off **one** training run (none of them "
-        "changes the trajectory; exactly so on TensorFlow and JAX, see the read-off "
+        "changes the trajectory, exactly so on all three backends, see the read-off "
         "check): the optimizer has `use_ema=True`, `ASWA(restore_best="
         "False)` and `SWA(start_from_epoch=0.5, restore=False)` run beside a recorder "
         "of the last running weights and Keras' `EarlyStopping` rule with unlimited "
