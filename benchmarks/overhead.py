@@ -682,6 +682,24 @@ def peak_rss_all(cfg: Config, mode: str, w: Workload | None) -> dict:
 # --------------------------------------------------------------------------
 
 
+def accelerator() -> str:
+    """The device the backend computes on, or "no GPU"."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return "no GPU" if device.platform == "cpu" else device.device_kind
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "no GPU"
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -712,6 +730,7 @@ def machine() -> dict:
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
+        "accelerator": accelerator(),
         "python": platform.python_version(),
         "commit": commit,
     }
@@ -863,7 +882,7 @@ def header(results: list[dict], argv: list[str]) -> str:
             [
                 f"Command: `python -m benchmarks.overhead {' '.join(argv)}`",
                 f"Date: {first['date']}; commit {m['commit']}",
-                f"Machine: {m['nproc']} CPU cores, {m['cpu']}; no GPU; "
+                f"Machine: {m['nproc']} CPU cores, {m['cpu']}; {m['accelerator']}; "
                 f"Python {m['python']}",
                 "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
                 f"Workload: MLP 784-{'-'.join(map(str, cfg['hidden']))}-10, "

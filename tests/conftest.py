@@ -16,8 +16,17 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "device_count" not in _xla_flags
     _xla_flags += " --xla_force_host_platform_device_count=4"
     os.environ["XLA_FLAGS"] = _xla_flags.strip()
 
+# On GPUs, JAX and TensorFlow multiply float32 matrices in TF32 by default
+# (10-bit mantissas): the tests compare against numpy, so ask for full float32.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 @pytest.fixture
