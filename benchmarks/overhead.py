@@ -65,6 +65,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from benchmarks.machine import code_version, cpu_model  # noqa: E402
 from keras_aswa import ASWA  # noqa: E402
 from keras_aswa.averaging import WeightAverage  # noqa: E402
 
@@ -701,38 +702,12 @@ def accelerator() -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "keras_aswa"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += " (keras_aswa/ has uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     return {
         "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "accelerator": accelerator(),
         "python": platform.python_version(),
-        "commit": commit,
+        "commit": code_version(),
     }
 
 

@@ -83,6 +83,7 @@ from benchmarks.datasets import (  # noqa: E402
     load_kg,
     split_validation,
 )
+from benchmarks.machine import code_version, cpu_model  # noqa: E402
 from keras_aswa import ASWA, SWA, plot_history  # noqa: E402
 
 METHODS = ("last", "early_stopping", "swa", "ema", "aswa")
@@ -631,35 +632,12 @@ def environment() -> dict:
             versions[lib] = __import__(lib).__version__
         except ImportError:
             pass
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:  # which keras_aswa produced the numbers
-        import subprocess
-
-        root = Path(__file__).resolve().parent.parent
-        git = ["git", "-C", str(root)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "keras_aswa"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        versions["keras_aswa"] = commit + (" (keras_aswa/ modified)" if dirty else "")
-    except OSError:
-        pass
+    versions["keras_aswa"] = code_version()
     return {
         "backend": backend,
         "versions": versions,
         "nproc": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
