@@ -1,6 +1,6 @@
 """Quality benchmark: ASWA against the last running model, early stopping, SWA and EMA.
 
-Full run (benchmarks/results/quality.md: 37 min on 2 shared cores; TensorFlow
+Full run (benchmarks/results/quality.md: 27 min on 2 cores, 37 under load; TensorFlow
 because its CPU convolutions make a Fashion-MNIST CNN epoch ~14 s here, against
 ~70 s on JAX)::
 
