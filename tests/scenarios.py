@@ -61,23 +61,28 @@ EPOCHS = 12
 BATCH_SIZE = 32
 
 
-def aswa_run(callbacks, seed: int = 0, dtype=None, epochs: int = EPOCHS, **fit_kw):
-    """Trains the regression model with `callbacks`; returns the model."""
+def fit_regression(model, callbacks, seed: int = 0, epochs: int = EPOCHS, **fit_kw):
+    """Fits a compiled `model` on the regression data, unshuffled; returns it."""
     (x, y), (xv, yv) = regression_data(seed)
-    model = regression_model(seed, dtype=dtype)
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     fit_kw.setdefault("validation_data", (xv, yv))
+    fit_kw.setdefault("shuffle", False)
     model.fit(
         x,
         y,
         epochs=epochs,
         batch_size=BATCH_SIZE,
-        shuffle=False,
         verbose=0,
         callbacks=callbacks,
         **fit_kw,
     )
     return model
+
+
+def aswa_run(callbacks, seed: int = 0, dtype=None, epochs: int = EPOCHS, **fit_kw):
+    """Trains the regression model with `callbacks`; returns the model."""
+    model = regression_model(seed, dtype=dtype)
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    return fit_regression(model, callbacks, seed, epochs, **fit_kw)
 
 
 class SnapshotRecorder(keras.callbacks.Callback):

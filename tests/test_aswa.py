@@ -12,6 +12,7 @@ from scenarios import (
     EPOCHS,
     SnapshotRecorder,
     aswa_run,
+    fit_regression,
     regression_data,
     regression_model,
 )
@@ -121,19 +122,10 @@ def test_final_weights_equal_numpy_replay():
 
 def test_batchnorm_statistics_averaged_and_integers_untouched():
     recorder, aswa = SnapshotRecorder(), ASWA()
-    (x, y), (xv, yv) = regression_data()
+    (x, _), _ = regression_data()
     model = regression_model(extra_layers=[StepCounter()])
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=[recorder, aswa],
-    )
+    fit_regression(model, [recorder, aswa])
     assert aswa.ensemble_size >= 2, aswa.history
     float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
     ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
@@ -173,16 +165,7 @@ def test_aswa_does_not_disturb_training(shuffle, validation):
             extra_layers=[keras.layers.Dropout(0.3, seed=3), StepCounter()]
         )
         model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-        model.fit(
-            x,
-            y,
-            validation_data=(xv, yv),
-            epochs=6,
-            batch_size=BATCH_SIZE,
-            shuffle=shuffle,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        fit_regression(model, callbacks, epochs=6, shuffle=shuffle)
         state = [keras.ops.convert_to_numpy(v) for v in model.weights]
         state += [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
         state += [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]

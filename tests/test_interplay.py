@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from scenarios import (
     ADAM_LR,
-    BATCH_SIZE,
     SnapshotRecorder,
-    regression_data,
+    fit_regression,
     regression_model,
 )
 
@@ -17,21 +16,9 @@ from keras_aswa import ASWA, SWA
 
 
 def fit(callbacks, epochs=8, optimizer=None, model=None, **kw):
-    (x, y), (xv, yv) = regression_data()
     model = model or regression_model()
     model.compile(optimizer or keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=epochs,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=callbacks,
-        **kw,
-    )
-    return model
+    return fit_regression(model, callbacks, epochs=epochs, **kw)
 
 
 def weights(model):

@@ -260,26 +260,16 @@ def _tf_model():
 def _tf_run(strategy=None) -> tuple[dict, keras.Model]:
     import contextlib
 
-    from scenarios import ADAM_LR, BATCH_SIZE, regression_data
+    from scenarios import ADAM_LR, fit_regression
 
     from keras_aswa import ASWA
 
-    (x, y), (xv, yv) = regression_data(0)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = _tf_model()
         model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     aswa = ASWA()
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=[aswa],
-    )
+    fit_regression(model, [aswa], epochs=EPOCHS)
     report = _report(aswa, model)
     report["ensemble_devices"] = sorted(
         {a.device for a in aswa._average.average if a is not None}

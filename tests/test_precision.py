@@ -15,9 +15,8 @@ import pytest
 from keras import ops
 from scenarios import (
     ADAM_LR,
-    BATCH_SIZE,
     SnapshotRecorder,
-    regression_data,
+    fit_regression,
     regression_model,
 )
 
@@ -95,20 +94,6 @@ def _check_float32_average(callback, model, snapshots, policy):
         )
 
 
-def _fit(model, callbacks):
-    (x, y), (xv, yv) = regression_data()
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=callbacks,
-    )
-
-
 def test_aswa_averages_in_float32_and_rounds_once(policy):
     model = _compiled_model(policy)
     saved_dtypes = set()
@@ -126,7 +111,7 @@ def test_aswa_averages_in_float32_and_rounds_once(policy):
 
     aswa = ASWA(monitor="val_rising", mode="max", score_fn=rising)
     recorder = SnapshotRecorder()
-    _fit(model, [recorder, aswa])
+    fit_regression(model, [recorder, aswa], epochs=EPOCHS)
     assert [h["decision"] for h in aswa.history] == ["init"] + ["soft"] * (EPOCHS - 1)
     # The running weights kept while the provisional ensemble is scored: one
     # copy in the variables' own dtype.
@@ -138,7 +123,7 @@ def test_aswa_averages_in_float32_and_rounds_once(policy):
 def test_swa_averages_in_float32_and_rounds_once(policy):
     model = _compiled_model(policy)
     swa, recorder = SWA(), SnapshotRecorder()
-    _fit(model, [recorder, swa])
+    fit_regression(model, [recorder, swa], epochs=EPOCHS)
     assert swa.ensemble_size == EPOCHS
     snapshots = [recorder.snapshots[e] for e in range(EPOCHS)]
     _check_float32_average(swa, model, snapshots, policy)

@@ -5,7 +5,12 @@ import os
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, BATCH_SIZE, regression_data, regression_model
+from scenarios import (
+    ADAM_LR,
+    fit_regression,
+    regression_data,
+    regression_model,
+)
 
 from keras_aswa import ASWA, SWA
 from keras_aswa.state import LATEST, PREVIOUS, StateFileError, load_states, save_state
@@ -30,23 +35,12 @@ class Crash(keras.callbacks.Callback):
 
 def run(tmp_path, callback, crash_at=None, model=None):
     """The same command each time: fresh model, BackupAndRestore, callback."""
-    (x, y), (xv, yv) = regression_data()
     model = model or regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
     if crash_at is not None:
         callbacks.append(Crash(crash_at))
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    return model
+    return fit_regression(model, callbacks, epochs=EPOCHS)
 
 
 def weights(model):
@@ -87,36 +81,25 @@ def test_resume_picks_the_generation_matching_keras_backup(tmp_path):
             if epoch == 5:
                 raise RuntimeError("preempted")
 
-    (x, y), (xv, yv) = regression_data()
     state = str(tmp_path / "b")
     model = regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     keras_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "k"))
     with pytest.raises(RuntimeError):
-        model.fit(
-            x,
-            y,
-            validation_data=(xv, yv),
+        fit_regression(
+            model,
+            [ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup],
             epochs=EPOCHS,
-            batch_size=BATCH_SIZE,
-            shuffle=False,
-            verbose=0,
-            callbacks=[ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup],
         )
     epochs = [meta["epoch"] for _, meta in load_states(state)]
     assert epochs == [5, 4]
     resumed = ASWA(backup_dir=state)
     model = regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
+    fit_regression(
+        model,
+        [keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed],
         epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        shuffle=False,
-        verbose=0,
-        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed],
     )
     assert resumed.history == whole.history
     for a, b in zip(weights(model), expected, strict=True):
