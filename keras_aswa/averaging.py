@@ -1,11 +1,12 @@
 """The weight arithmetic every averaging callback shares.
 
 `WeightAverage` keeps an equal-weight running average of a model's
-floating-point variables, on the device where they live, with `keras.ops`
-only: no copy through host memory (unless `offload="host"` asks to keep the
-average in host memory instead). ASWA and SWA differ only in when they call
-`restart` and `update`; the arithmetic, the dtype rules and the swapping in
-and out of the model live here once.
+floating-point variables, on the device where they live, one pass over the
+weights per step (`keras_aswa.kernels`): no copy through host memory (unless
+`offload="host"` asks to keep the average in host memory instead). ASWA and
+SWA differ only in when they call `restart`, `update` and `commit`; the
+arithmetic, the dtype rules and the swapping in and out of the model live
+here once.
 
 Dtype rules: the average accumulates in float32, or float64 for float64
 variables, whatever the variable's own dtype, and is rounded to the variable's
@@ -52,15 +53,15 @@ def _fresh(value, dtype):
 
 
 class _OnDevice:
-    """The average as backend tensors beside the weights, with `keras.ops`."""
-
-    @staticmethod
-    def snapshot(variable, dtype):
-        return _fresh(kernels.read(variable), dtype)
+    """The average as backend tensors beside the weights, on their device."""
 
     # A provisional average shown in a variable of its own dtype is read back
     # from it afterwards, instead of being held twice.
     keeps_blend = False
+
+    @staticmethod
+    def snapshot(variable, dtype):
+        return _fresh(kernels.read(variable), dtype)
 
     @staticmethod
     def blend(average, variable, count):
@@ -96,11 +97,11 @@ class _OnHost:
     copy of the weights per update and a host-to-device copy per write.
     """
 
+    keeps_blend = True  # in host memory, beside the device's weights
+
     @staticmethod
     def snapshot(variable, dtype):
         return np.array(ops.convert_to_numpy(kernels.read(variable)), dtype=dtype)
-
-    keeps_blend = True  # in host memory, beside the device's weights
 
     @staticmethod
     def blend(average, variable, count):
