@@ -13,7 +13,10 @@ count bytes): `BertBackbone` with bert-base's dimensions (vocabulary 30,522,
 `backbone.enable_lora(rank=4)`. The callback's state is made the way a user
 makes it: one `fit` of one batch (2 sequences of 16 random token ids) with
 `ASWA(validation_data=...)`, whose first decision (`init`) fills the
-ensemble. Then the bytes of what its `WeightAverage` keeps are added up.
+ensemble. Then the bytes of what its `WeightAverage` keeps are added up, and
+the trainable variables it leaves out are listed. A second
+`ASWA(variables=model.trainable_weights)` in the same fit gives the figure of
+an ensemble that holds exactly what trains.
 
     python -m benchmarks.lora_memory --backend all \
         --out benchmarks/results/lora_memory.md \
@@ -88,6 +91,7 @@ def measure(dtype: str = "float32") -> dict:
     import numpy as np
 
     import keras_aswa
+    from benchmarks.machine import code_version
 
     start = time.perf_counter()
     keras.utils.set_random_seed(0)
@@ -111,15 +115,38 @@ def measure(dtype: str = "float32") -> dict:
     built_s = time.perf_counter() - start
     rss_built = _peak_rss_mib()
 
-    aswa = keras_aswa.ASWA(validation_data=(x, y))
-    model.fit(x, y, batch_size=n, epochs=1, callbacks=[aswa], verbose=0)
+    # The default selection, and the trainable variables named explicitly
+    # (what the default should hold), in one fit.
+    default = keras_aswa.ASWA(validation_data=(x, y), restore_best=False)
+    explicit = keras_aswa.ASWA(
+        validation_data=(x, y),
+        variables=list(model.trainable_weights),
+        restore_best=False,
+    )
+    model.fit(x, y, batch_size=n, epochs=1, callbacks=[default, explicit], verbose=0)
 
-    average = aswa._average  # the WeightAverage the callback keeps
-    held = [a for a in average.average if a is not None]
     trainable = sum(_nbytes(v) for v in model.trainable_weights)
     floats = [v for v in model.weights if keras.backend.is_float_dtype(v.dtype)]
+
+    def held(aswa):
+        average = aswa._average  # the WeightAverage the callback keeps
+        pairs = zip(average.variables, average.average, strict=True)
+        kept = [(v, a) for v, a in pairs if a is not None]
+        ids = {id(v) for v, _ in kept}
+        return {
+            "ensemble_bytes": sum(_nbytes(a) for _, a in kept),
+            "ensemble_variables": len(kept),
+            "ratio": sum(_nbytes(a) for _, a in kept) / trainable,
+            # Trainable variables left out: the ensemble should hold them all.
+            "trainable_not_held": [
+                v.path for v in model.trainable_weights if id(v) not in ids
+            ],
+            "decisions": [h["decision"] for h in aswa.history],
+        }
+
     return {
         "backend": keras.backend.backend(),
+        "commit": code_version(),
         "dtype": dtype,
         "keras_hub": keras_hub.__version__,
         "parameters": int(sum(np.prod(v.shape) for v in model.weights)),
@@ -128,11 +155,9 @@ def measure(dtype: str = "float32") -> dict:
         ),
         "trainable_bytes": trainable,
         "float_bytes": sum(_nbytes(v) for v in floats),
-        "ensemble_bytes": sum(_nbytes(a) for a in held),
-        "ensemble_variables": len(held),
         "trainable_variables": len(model.trainable_weights),
-        "ratio": sum(_nbytes(a) for a in held) / trainable,
-        "decisions": [h["decision"] for h in aswa.history],
+        **held(default),
+        "explicit": held(explicit),
         "peak_rss_mib_after_build": rss_built,
         "peak_rss_mib": _peak_rss_mib(),
         "build_s": built_s,
@@ -151,17 +176,22 @@ def _run_backend(backend: str, dtype: str) -> dict:
         return json.loads(path.read_text())
 
 
-def report(results: list[dict], command: str) -> str:
-    """The Markdown report of `results` (one dict per backend)."""
-    from benchmarks.machine import code_version, cpu_model
+def report(results: list[dict], command: str, before: list[dict] = ()) -> str:
+    """The Markdown report of `results` (one dict per backend).
+
+    Args:
+        results: What `measure` returned, per backend.
+        command: The command line that made them.
+        before: The same figures from an earlier code version, shown beside.
+    """
+    from benchmarks.machine import cpu_model
 
     first = results[0]
+    earlier = {r["backend"]: r for r in before}
     lines = [
-        "# LoRA memory: what the ensemble holds",
-        "",
         f"Command: `{command}`",
         f"Date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}"
-        f"; commit {code_version()}",
+        f"; commit {first['commit']}",
         f"Machine: {os.cpu_count()} CPU cores, {cpu_model()}; no GPU; "
         f"Python {platform.python_version()}; keras-hub {first['keras_hub']}",
         "Model: BertTextClassifier on a BertBackbone of bert-base's dimensions "
@@ -170,21 +200,44 @@ def report(results: list[dict], command: str) -> str:
         f"policy {first['dtype']}; {first['parameters']:,} parameters, "
         f"{first['trainable_parameters']:,} trainable. The ensemble is what "
         "`ASWA(validation_data=...)` holds after a one-batch `fit` (its `init` "
-        "decision).",
+        "decision), with the default `variables=None`; beside it, "
+        "`ASWA(variables=model.trainable_weights)` in the same fit. Peak RSS: "
+        "the process's, after building the model and after the fit.",
         "",
         "| backend | trainable MiB | float weights MiB | ensemble MiB | "
-        "ensemble / trainable | variables held / trainable | peak RSS MiB "
-        "(after build; after fit) | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "ensemble / trainable | trainable variables held | with "
+        "`variables=model.trainable_weights` | peak RSS MiB (build; fit) | "
+        "seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        ratio = f"{r['ratio']:.2f}x"
+        if r["backend"] in earlier:
+            old = earlier[r["backend"]]
+            ratio += f" (was {old['ratio']:.2f}x at {old['commit']})"
+        held = r["trainable_variables"] - len(r["trainable_not_held"])
+        explicit = r.get("explicit")
+        explicit = (
+            "-"
+            if explicit is None
+            else f"{explicit['ratio']:.2f}x, {explicit['ensemble_variables']} variables"
+        )
         lines.append(
             f"| {r['backend']} | {r['trainable_bytes'] / MIB:.2f} | "
             f"{r['float_bytes'] / MIB:.1f} | {r['ensemble_bytes'] / MIB:.2f} | "
-            f"{r['ratio']:.2f}x | {r['ensemble_variables']} / "
-            f"{r['trainable_variables']} | {r['peak_rss_mib_after_build']:.0f}; "
-            f"{r['peak_rss_mib']:.0f} | {r['total_s']:.0f} |"
+            f"{ratio} | {held} of {r['trainable_variables']} "
+            f"({r['ensemble_variables']} held in all) | {explicit} | "
+            f"{r['peak_rss_mib_after_build']:.0f}; {r['peak_rss_mib']:.0f} | "
+            f"{r['total_s']:.0f} |"
         )
+    missing = sorted({p for r in results for p in r["trainable_not_held"]})
+    if missing:
+        lines += [
+            "",
+            f"Trainable variables the ensemble does not hold ({len(missing)}, "
+            f"e.g. `{missing[0]}`): training changes them, and the ensemble "
+            "written back into the model leaves them at their running values.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +247,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one backend's JSON
+    parser.add_argument(
+        "--before", help="JSON of an earlier run (--json), shown beside the figures"
+    )
     parser.add_argument("--out", help="write the Markdown report here")
     args = parser.parse_args(argv)
     backends = BACKENDS if args.backend == "all" else (args.backend,)
@@ -206,7 +262,8 @@ def main(argv=None) -> None:
     command = "python -m benchmarks.lora_memory " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    text = report(results, command)
+    before = json.loads(Path(args.before).read_text()) if args.before else []
+    text = report(results, command, before)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
