@@ -23,9 +23,9 @@ Two ways to get the model:
   preprocessor=None)`, fed token ids from a word-level tokenizer written here
   in numpy over a vocabulary of the training paragraphs' commonest words.
   Without pretrained weights the frozen backbone knows nothing about English:
-  this path shows the mechanics; the accuracy it reaches is not the point.
+  this path shows the mechanics, and stays near chance (1/6) in two epochs.
 
-    python examples/finetune_lora.py                          # ~3 min on a CPU
+    python examples/finetune_lora.py                          # ~7 min, 2 CPU cores
     python examples/finetune_lora.py --preset bert_base_en_uncased
     KERAS_BACKEND=torch python examples/finetune_lora.py --smoke   # seconds
 """
