@@ -100,21 +100,18 @@ def test_layers_and_call_signature():
     )
 
 
-def test_lora_frozen_weights():
-    layers = {
-        "Dense": keras.layers.Dense(4),
-        "EinsumDense": keras.layers.EinsumDense("ab,bc->ac", output_shape=4),
-        "Embedding": keras.layers.Embedding(10, 4),
-    }
-    for name, layer in layers.items():
-        layer.build((None, 3))
-        assert internals.lora_frozen_weights(layer) == []
-        layer.enable_lora(2)
-        frozen = internals.lora_frozen_weights(layer)
-        assert len(frozen) == 1 and not frozen[0].trainable, gone(
-            "lora_frozen_weights", f"{name}._kernel / _embeddings under LoRA"
-        )
-        assert all(frozen[0] is not v for v in layer.trainable_weights)
+def test_created_non_trainable():
+    bn = keras.layers.BatchNormalization()
+    dense = keras.layers.Dense(4)
+    bn.build((None, 3))
+    dense.build((None, 3))
+    dense.enable_lora(2)  # freezes the kernel: not created non-trainable
+    dense.bias.trainable = False
+    found = [v.path for v in internals.created_non_trainable(bn)]
+    assert found == [bn.moving_mean.path, bn.moving_variance.path], gone(
+        "created_non_trainable", "Layer._non_trainable_variables"
+    )
+    assert internals.created_non_trainable(dense) == []
 
 
 def test_metric_direction():

@@ -116,3 +116,25 @@ def test_backup_and_offload_follow_the_selection(tmp_path):
     arrays, meta = store.generations[0]
     assert [a is not None for a in arrays] == [True] * (len(model.weights) - 2)
     assert all(isinstance(a, np.ndarray) for a in aswa._average.average)
+
+
+def test_lora_inside_a_frozen_parent_is_held_and_hand_frozen_is_not():
+    # keras-hub's enable_lora freezes every layer, then makes the target
+    # layers trainable again inside their (frozen) attention blocks.
+    inner = keras.layers.Dense(16, activation="tanh")
+    block = keras.Sequential([inner, keras.layers.BatchNormalization()])
+    head = keras.layers.Dense(1)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, head(block(inputs)))
+    block.trainable = False
+    inner.trainable = True
+    inner.enable_lora(2)
+    head.bias.trainable = False
+    aswa = ASWA()
+    fit_regression(compiled(model), [aswa], epochs=2)
+    paths = held_paths(aswa)
+    trained = [v.path for v in model.trainable_weights]
+    assert paths == [v.path for v in model.weights if v.path in trained]
+    assert inner.lora_kernel_a.path in paths and inner.lora_kernel_b.path in paths
+    assert inner._kernel.path not in paths and head.bias.path not in paths
+    assert not any("moving" in p for p in paths)  # the frozen BatchNorm's
