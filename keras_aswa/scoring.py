@@ -105,7 +105,8 @@ class DataValidation(Scorer):
         data: Anything `model.evaluate` accepts as `x`, or an `(x, y)` or
             `(x, y, sample_weight)` tuple of arrays.
         batch_size: Passed to `model.evaluate` for array data.
-        steps: How many batches of `data` each evaluation uses (None: all).
+        steps: How many batches of `data` each evaluation uses (None: all);
+            arrays are then batched by `batch_size`, or 32.
     """
 
     def __init__(self, monitor: str, data, batch_size: int | None = None, steps=None):
@@ -119,11 +120,16 @@ class DataValidation(Scorer):
 
     def current(self, model):
         x, y, sample_weight = _unpack(self.data)
+        batch_size = self.batch_size
+        if self.steps is not None and not internals.is_data_source(x):
+            # With `steps`, Keras splits arrays into that many batches: give
+            # the batch size, so that `steps` batches are the first ones.
+            batch_size = batch_size or 32
         results = model.evaluate(
             x,
             y,
             sample_weight=sample_weight,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             steps=self.steps,
             verbose=0,
             return_dict=True,

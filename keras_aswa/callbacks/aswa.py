@@ -64,7 +64,8 @@ class ASWA(AveragingCallback):
             with an int `update_freq` (unless `score_fn` is given).
         validation_steps: With `validation_data`, how many of its batches
             each evaluation uses (None: all), so that a check costs a
-            fraction of an epoch.
+            fraction of an epoch. Arrays are batched by 32 for it, as
+            `evaluate` does by default.
         score_fn: `score_fn(model) -> float` scoring whatever weights the
             model holds, for metrics Keras cannot express (e.g. filtered MRR
             for link prediction). It scores the running and the provisional
