@@ -37,8 +37,11 @@ def test_quickstart(tmp_path, monkeypatch, capsys):
         monkeypatch=monkeypatch,
         capsys=capsys,
     )
-    assert "Epoch 1: ASWA init" in out
-    assert "Epoch 3: ASWA" in out and "Epoch 4:" not in out
+    # The legend, then one row per epoch, numbered from 0 as in the plot.
+    assert "Epochs count from 0, as in aswa.history and plot_history" in out
+    rows = out.split("decision  size\n")[1].split("final ensemble")[0].splitlines()
+    assert [row.split()[0] for row in rows] == ["0", "1", "2"]
+    assert rows[0].split()[1:] == [rows[0].split()[1], "-", "-", "-", "init", "1"]
     assert "test accuracy, ASWA ensemble:" in out
     assert plot.stat().st_size > 10_000
 
