@@ -109,8 +109,9 @@ def _pyplot():
     except ImportError as error:
         raise ImportError(
             "plot_history needs matplotlib, which keras-aswa does not install "
-            'by default. Install it with: pip install "keras-aswa[plot]" '
-            "(or pip install matplotlib)."
+            "by default. Install it with: pip install matplotlib (or with the "
+            '"plot" extra: pip install ".[plot]" in a checkout, or '
+            'pip install "keras-aswa[plot]" once keras-aswa is on PyPI).'
         ) from error
     return plt
 
