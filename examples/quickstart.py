@@ -29,8 +29,8 @@ At each epoch end ASWA compares three validation losses (lower is better):
   hard    r is lower than both p and e: the ensemble restarts from this epoch;
   soft    otherwise, p is lower than e (p - e < 0): this epoch joins the ensemble;
   reject  otherwise (p - e >= 0; 0 is a tie): the ensemble stays as it was.
-Epochs count from 0, as in aswa.history and plot_history (Keras' progress
-bar and ASWA(verbose=1) print epoch + 1)."""
+Epochs count from 0, as in aswa.history, plot_history and ASWA(verbose=1)
+(Keras' progress bar prints epoch + 1)."""
 
 
 def print_decisions(aswa, epochs):

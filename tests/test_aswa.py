@@ -263,11 +263,19 @@ def test_non_finite_scores_never_initialise():
     assert all(math.isnan(v) for v in model.history.history["aswa_val_loss"])
 
 
-def test_verbose_prints_one_line_per_epoch(capsys):
-    aswa_run([ASWA(verbose=1)], epochs=3)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": ASWA " in ln]
-    assert len(lines) == 3
-    assert "init" in lines[0] and "size 1" in lines[0]
+def test_verbose_prints_a_legend_and_one_line_per_epoch(capsys):
+    aswa = ASWA(verbose=1)
+    aswa_run([aswa], epochs=3)
+    out = capsys.readouterr().out.splitlines()
+    legend = [ln for ln in out if ln.startswith("ASWA: r = running model")]
+    lines = [ln for ln in out if ln.startswith("ASWA epoch ")]
+    assert len(legend) == 1 and len(lines) == 3
+    assert lines[0].startswith("ASWA epoch 0: init (first scored epoch): r val_loss=")
+    assert "size 1" in lines[0]
+    # Eight decimals, and the ensemble's score before and after the decision.
+    second = aswa.history[1]
+    assert f"r val_loss={second['running']:.8f}" in lines[1]
+    assert f"-> {second['ensemble_score']:.8f}" in lines[1]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -61,7 +61,7 @@ def test_fashion_mnist(tmp_path, monkeypatch, capsys):
         monkeypatch=monkeypatch,
         capsys=capsys,
     )
-    assert "Epoch 1: ASWA init" in out and "Epoch 2: ASWA" in out
+    assert "ASWA epoch 0: init" in out and "ASWA epoch 1: " in out
     assert "test accuracy, ASWA ensemble:" in out
     assert plot.stat().st_size > 10_000
 
@@ -77,8 +77,8 @@ def test_link_prediction(monkeypatch, capsys):
     out = run_example(
         "link_prediction.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys
     )
-    assert "Epoch 1: ASWA init: running val_mrr=" in out
-    assert "Epoch 3: ASWA" in out
+    assert "ASWA epoch 0: init (first scored epoch): r val_mrr=" in out
+    assert "ASWA epoch 2: " in out
     assert "test filtered MRR, ASWA ensemble:" in out
 
 
