@@ -38,7 +38,7 @@ def test_quickstart(tmp_path, monkeypatch, capsys):
         capsys=capsys,
     )
     # The legend, then one row per epoch, numbered from 0 as in the plot.
-    assert "Epochs count from 0, as in aswa.history and plot_history" in out
+    assert "Epochs count from 0, as in aswa.history, plot_history and ASWA" in out
     rows = out.split("decision  size\n")[1].split("final ensemble")[0].splitlines()
     assert [row.split()[0] for row in rows] == ["0", "1", "2"]
     assert rows[0].split()[1:] == [rows[0].split()[1], "-", "-", "-", "init", "1"]
