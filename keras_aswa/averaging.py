@@ -58,13 +58,13 @@ class _Device:
         return kernels.blend(averages, thetas, count, reuse)
 
     @staticmethod
-    def show(averages, variables, count):
+    def show(averages, variables, count, dtypes):
         thetas = [kernels.read(v) for v in variables]
-        return kernels.show(averages, thetas, count, _dtypes(variables)), None
+        return kernels.show(averages, thetas, count, dtypes), None
 
     @staticmethod
-    def for_variables(averages, variables):
-        return kernels.cast(averages, _dtypes(variables))
+    def for_variables(averages, dtypes):
+        return kernels.cast(averages, dtypes)
 
     @staticmethod
     def to_numpy(averages):
@@ -111,15 +111,15 @@ class _Host:
         ]
 
     @classmethod
-    def show(cls, averages, variables, count):
+    def show(cls, averages, variables, count, dtypes):
         blended = cls.blend(averages, variables, count)
-        return cls.for_variables(blended, variables), blended
+        return cls.for_variables(blended, dtypes), blended
 
     @staticmethod
-    def for_variables(averages, variables):
+    def for_variables(averages, dtypes):
         return [
-            ops.cast(ops.convert_to_tensor(a), v.dtype)
-            for a, v in zip(averages, variables, strict=True)
+            ops.cast(ops.convert_to_tensor(a), d)
+            for a, d in zip(averages, dtypes, strict=True)
         ]
 
     @staticmethod
@@ -129,10 +129,6 @@ class _Host:
     @staticmethod
     def place(arrays, variables, dtypes):
         return [np.array(a, dtype=d) for a, d in zip(arrays, dtypes, strict=True)]
-
-
-def _dtypes(variables):
-    return [backend.standardize_dtype(v.dtype) for v in variables]
 
 
 class TensorStore:
@@ -162,10 +158,11 @@ class TensorStore:
         self.variables = list(variables)
         self.dtypes = list(dtypes)
         self._math = _Host if host else _Device
+        self._var_dtypes = [backend.standardize_dtype(v.dtype) for v in self.variables]
         # Variables that hold a provisional average unrounded: it is read
         # back from them instead of being held twice.
         self._same = [
-            d == a for d, a in zip(_dtypes(self.variables), self.dtypes, strict=True)
+            d == a for d, a in zip(self._var_dtypes, self.dtypes, strict=True)
         ]
         self.average: list | None = None
         self.saved: list | None = None
@@ -191,9 +188,11 @@ class TensorStore:
         """
         self.pending = None
         if count is None:
-            values = self._math.for_variables(self.average, self.variables)
+            values = self._math.for_variables(self.average, self._var_dtypes)
         else:
-            values, self._blended = self._math.show(self.average, self.variables, count)
+            values, self._blended = self._math.show(
+                self.average, self.variables, count, self._var_dtypes
+            )
         self.saved = kernels.exchange(self.variables, values)
 
     def swap_out(self, keep: bool) -> None:
@@ -240,7 +239,7 @@ class TensorStore:
 
     def apply(self) -> None:
         """Writes `E` into the variables, rounded to their dtypes."""
-        values = self._math.for_variables(self.average, self.variables)
+        values = self._math.for_variables(self.average, self._var_dtypes)
         for v, value in zip(self.variables, values, strict=True):
             v.assign(value)
 

@@ -40,10 +40,25 @@ def read(variable):
 
     Returns:
         Its value, detached from any autograd graph.
+
+    Example:
+
+    >>> read(keras.Variable([1.0, 2.0]))
+    Array([1., 2.], dtype=float32)
     """
-    if backend.backend() == "jax":
-        return variable.value  # immutable already; stop_gradient costs a dispatch
+    name = backend.backend()
+    if name == "jax":
+        return _storage(variable)  # immutable already
+    if name == "torch":
+        return _storage(variable).detach()
     return ops.stop_gradient(variable.value)
+
+
+def _storage(variable):
+    # What `variable.value` returns outside a StatelessScope and autocast
+    # (where averaging never runs), without the checks that property makes on
+    # every call: for a small variable they cost more than its arithmetic.
+    return variable._value
 
 
 def blend(averages: list, thetas: list, count: int, reuse: bool = False) -> list:
@@ -129,16 +144,17 @@ def exchange(variables: list, values: list) -> list:
     >>> exchange([v], [keras.ops.zeros(2)])   # v holds zeros
     [Array([1., 2.], dtype=float32)]
     """
-    if backend.backend() == "torch":
-        previous = []
-        for variable, value in zip(variables, values, strict=True):
-            parameter = variable.value
-            previous.append(parameter.data)
-            parameter.data = value
-        return previous
+    name = backend.backend()
     previous = [read(v) for v in variables]
     for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+        if name == "torch":
+            _storage(variable).data = value
+        elif name == "jax":
+            # `assign` without its conversion and checks (`values` are of the
+            # variable's dtype and shape); keeps the variable's layout.
+            variable._direct_assign(value)
+        else:
+            variable.assign(value)
     return previous
 
 
@@ -266,7 +282,6 @@ class SlotStore:
         self.average: list | None = None
         self.saved: list | None = None
         self.pending: list | None = None
-        shapes = [v.shape for v in self.variables]
         var_dtypes = [backend.standardize_dtype(v.dtype) for v in self.variables]
         # Variables that hold the provisional average unrounded: it is read
         # back from them afterwards. The others blend again on `commit`.
@@ -282,26 +297,23 @@ class SlotStore:
 
         self._e, self._s, self._p = slots(dtypes), slots(var_dtypes), slots(dtypes)
 
-        def get(slots):
-            return [
-                tf.ensure_shape(s.read_value(), shapes[i]) for i, s in slots.items()
-            ]
+        # The model's own tf.Variables, read and written without Keras'
+        # per-call checks: a graph of fewer ops, each costing microseconds.
+        own = [_storage(v) for v in self.variables]
+        nothing = {d: tf.zeros([0], d) for d in set(self.dtypes + var_dtypes)}
 
-        def every(items):
-            return dict(enumerate(items))
+        def get(slots):
+            return [s.read_value() for s in slots]
 
         def where(items, kept):
-            return {i: x for i, x in enumerate(items) if same[i] == kept}
-
-        def thetas():
-            return [read(v) for v in self.variables]
+            return [x for x, s in zip(items, same, strict=True) if s == kept]
 
         def put(targets, values):
             for target, value in zip(targets, values, strict=True):
                 target.assign(value)
 
         def empty(slots):
-            put(slots, [tf.zeros([0], s.dtype) for s in slots])
+            put(slots, [nothing[backend.standardize_dtype(s.dtype)] for s in slots])
 
         to_average = _tf_kernel(tuple(self.dtypes))
         to_variables = _tf_kernel(tuple(var_dtypes))
@@ -311,46 +323,41 @@ class SlotStore:
         def restart():
             put(
                 self._e,
-                [tf.cast(t, d) for t, d in zip(thetas(), self.dtypes, strict=True)],
+                [tf.cast(t, d) for t, d in zip(get(own), self.dtypes, strict=True)],
             )
 
         @function
         def update(n):
-            put(self._e, to_average(get(every(self._e)), thetas(), n))
+            put(self._e, to_average(get(self._e), get(own), n))
 
         @function
         def swap_in(n):
-            running = thetas()
+            running = get(own)
             put(self._s, running)
-            put(self.variables, to_variables(get(every(self._e)), running, n))
+            put(own, to_variables(get(self._e), running, n))
 
         @function
         def show():
-            put(self._s, thetas())
-            averages = get(every(self._e))
+            put(self._s, get(own))
             put(
-                self.variables,
-                [tf.cast(e, d) for e, d in zip(averages, var_dtypes, strict=True)],
+                own,
+                [tf.cast(e, d) for e, d in zip(get(self._e), var_dtypes, strict=True)],
             )
 
         @function
         def swap_out(keep):
             if keep:  # what the variables show, where it is unrounded
-                put(where(self._p, True).values(), where(thetas(), True).values())
-            put(self.variables, get(every(self._s)))
+                put(where(self._p, True), where(get(own), True))
+            put(own, get(self._s))
             empty(self._s)
 
         @function
         def commit(n):
-            put(where(self._e, True).values(), get(where(self._p, True)))
+            put(where(self._e, True), get(where(self._p, True)))
             rounded = where(self._e, False)
             if rounded:  # the same arithmetic again, from the running values
-                running = where(thetas(), False).values()
-                dtypes = tuple(self.dtypes[i] for i in rounded)
-                put(
-                    rounded.values(),
-                    _tf_kernel(dtypes)(get(rounded), list(running), n),
-                )
+                again = _tf_kernel(tuple(where(self.dtypes, False)))
+                put(rounded, again(get(rounded), get(where(own, False)), n))
             empty(self._p)
 
         @function
@@ -359,10 +366,9 @@ class SlotStore:
 
         @function
         def apply():
-            averages = get(every(self._e))
             put(
-                self.variables,
-                [tf.cast(e, d) for e, d in zip(averages, var_dtypes, strict=True)],
+                own,
+                [tf.cast(e, d) for e, d in zip(get(self._e), var_dtypes, strict=True)],
             )
 
         self._restart, self._update, self._swap_in = restart, update, swap_in
