@@ -688,7 +688,13 @@ def _baseline_checkout(rev: str, into: str) -> str:
     return into
 
 
-def by_count(backends, reps: int, rounds: int, baseline: str | None) -> dict:
+def by_count(
+    backends,
+    reps: int,
+    rounds: int,
+    baseline: str | None,
+    torch_threads: int | None = None,
+) -> dict:
     """`decisions_by_count` per backend and engine, each in a fresh process.
 
     The engines alternate, `rounds` times (the baseline first in each), so
@@ -701,6 +707,8 @@ def by_count(backends, reps: int, rounds: int, baseline: str | None) -> dict:
         rounds: Processes per backend and engine.
         baseline: A git revision whose `keras_aswa` to measure beside this
             checkout's, or None.
+        torch_threads: torch's intra-op threads in the processes (None:
+            torch's default).
 
     Returns:
         `{"runs": {backend: {engine: result}}, "baseline": baseline,
@@ -717,7 +725,7 @@ def by_count(backends, reps: int, rounds: int, baseline: str | None) -> dict:
             for r in range(rounds):
                 for label, path in engines.items():
                     _log(f"{b}: {label}, round {r + 1}/{rounds}")
-                    result = _by_count_child(b, path, reps)
+                    result = _by_count_child(b, path, reps, torch_threads)
                     runs[b][label] = _pool(runs[b].get(label), result)
     return {
         "runs": runs,
@@ -728,7 +736,9 @@ def by_count(backends, reps: int, rounds: int, baseline: str | None) -> dict:
     }
 
 
-def _by_count_child(backend: str, engine: str, reps: int) -> dict:
+def _by_count_child(
+    backend: str, engine: str, reps: int, torch_threads: int | None
+) -> dict:
     # `-c` rather than `-m`: the engine's directory goes first on sys.path,
     # before the checkout and any installed keras_aswa.
     launcher = (
@@ -739,6 +749,8 @@ def _by_count_child(backend: str, engine: str, reps: int) -> dict:
         path = Path(tmp) / "by_count.json"
         cmd = [sys.executable, "-c", launcher, "--by-count-of", str(reps)]
         cmd += ["--json", str(path)]
+        if torch_threads:
+            cmd += ["--torch-threads", str(torch_threads)]
         subprocess.run(cmd, cwd=REPO, env=_child_env(backend), check=True)
         return json.loads(path.read_text())
 
@@ -1178,22 +1190,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.torch_threads:
         cfg = replace(cfg, torch_threads=args.torch_threads)
 
-    if args.peak_rss_of:  # child of peak_rss_all
+    if args.peak_rss_of or args.by_count_of:  # child of peak_rss_all, by_count
         if keras.backend.backend() == "torch" and cfg.torch_threads:
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        Path(args.json).write_text(
-            json.dumps(peak_rss(Workload(cfg), args.peak_rss_of))
+        result = (
+            peak_rss(Workload(cfg), args.peak_rss_of)
+            if args.peak_rss_of
+            else decisions_by_count(args.by_count_of)
         )
+        Path(args.json).write_text(json.dumps(result))
         return
     backends = BACKENDS if args.backend == "all" else [args.backend]
-    if args.by_count_of:  # child of by_count
-        Path(args.json).write_text(json.dumps(decisions_by_count(args.by_count_of)))
-        return
     if args.by_count:
         reps = args.reps or cfg.bookkeeping_reps
-        report = by_count(backends, reps, args.rounds, args.baseline)
+        report = by_count(backends, reps, args.rounds, args.baseline, cfg.torch_threads)
         text = by_count_markdown(report, argv)
         print(text)
         if args.out:
