@@ -2,7 +2,9 @@
 
 `WeightAverage` keeps an equal-weight running average of a model's
 floating-point variables, on the device where they live, one pass over the
-weights per step (`keras_aswa.kernels`): no copy through host memory (unless
+weights and one call over all of them per step (`keras_aswa.kernels`; the
+store of TensorFlow, `kernels.SlotStore`, lives there too, the one of JAX
+and torch, `TensorStore`, here): no copy through host memory (unless
 `offload="host"` asks to keep the average in host memory instead). ASWA and
 SWA differ only in when they call `restart`, `update` and `commit`; the
 arithmetic, the dtype rules and the swapping in and out of the model live
@@ -251,7 +253,7 @@ class WeightAverage:
         variables: The variables to average, usually `model.weights`. Their
             order is the order of `numpy()`.
         offload: None keeps the average on the variables' devices (with
-            their sharding), computed with `keras.ops`; `"host"` keeps it in
+            their sharding), computed by `keras_aswa.kernels`; `"host"` keeps it in
             host memory as numpy arrays, for models that fill the
             accelerator: one device-to-host copy of the weights per update.
 

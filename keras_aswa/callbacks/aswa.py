@@ -38,8 +38,9 @@ class ASWA(AveragingCallback):
 
     Cost: one extra evaluation per epoch (of the provisional ensemble) when
     the running model's score comes from `fit`'s validation; the weight
-    bookkeeping runs with `keras.ops` on the weights' own device and holds at
-    most two extra copies of the float weights.
+    bookkeeping is one fused call over all weights per step, on their own
+    device (`keras_aswa.kernels`), and holds at most two extra copies of the
+    float weights.
 
     Args:
         monitor: Quantity to compare, as named in the epoch logs (e.g.
