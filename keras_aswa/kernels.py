@@ -158,34 +158,51 @@ def exchange(variables: list, values: list) -> list:
     return previous
 
 
-class _Jax:
-    def __init__(self):
-        import jax
-        import jax.numpy as jnp
+@functools.cache
+def _jax_jit(fn, static, donate, shardings):
+    import jax
 
-        # `count` is traced, not static: one compilation per list of shapes.
-        self._blend = jax.jit(_blend_all)
-        # The average is replaced: XLA may write the new one over it.
-        self._blend_donating = jax.jit(_blend_all, donate_argnums=0)
-        self._show = jax.jit(_show_all, static_argnums=3)
-        # A copy even where the dtype is unchanged: a variable takes over
-        # what it is assigned, and nothing else may share its buffer.
-        self._cast = jax.jit(
-            lambda values, dtypes: [
-                jnp.array(x, dtype=d, copy=True)
-                for x, d in zip(values, dtypes, strict=True)
-            ],
-            static_argnums=1,
-        )
+    # `count` is traced, not static: one compilation per list of shapes.
+    # Sharded lists name their output shardings: XLA would otherwise hand
+    # back equivalent ones spelled differently (P(None,) for P()).
+    return jax.jit(
+        fn,
+        static_argnums=static,
+        donate_argnums=donate,
+        out_shardings=None if shardings is None else list(shardings),
+    )
+
+
+class _Jax:
+    @staticmethod
+    def _call(fn, like, *args, static=(), donate=()):
+        shardings = None
+        if like and len(like[0].sharding.device_set) > 1:
+            shardings = tuple(x.sharding for x in like)
+        return _jax_jit(fn, static, donate, shardings)(*args)
 
     def blend(self, averages, thetas, count, reuse):
-        return (self._blend_donating if reuse else self._blend)(averages, thetas, count)
+        # A replaced average is donated: XLA may write the new one over it.
+        donate = (0,) if reuse else ()
+        return self._call(_blend_all, averages, averages, thetas, count, donate=donate)
 
     def show(self, averages, thetas, count, dtypes):
-        return self._show(averages, thetas, count, dtypes)
+        return self._call(
+            _show_all, thetas, averages, thetas, count, dtypes, static=(3,)
+        )
 
     def cast(self, values, dtypes):
-        return self._cast(values, dtypes)
+        return self._call(_copy_all, values, values, dtypes, static=(1,))
+
+
+def _copy_all(values, dtypes):
+    import jax.numpy as jnp
+
+    # A copy even where the dtype is unchanged: a variable takes over what it
+    # is assigned, and nothing else may share its buffer.
+    return [
+        jnp.array(x, dtype=d, copy=True) for x, d in zip(values, dtypes, strict=True)
+    ]
 
 
 def _mean(e, t, n):
