@@ -440,7 +440,8 @@ def summarize(t: dict, epochs: int) -> dict:
 def _nbytes(x) -> int:
     dtype = keras.backend.standardize_dtype(x.dtype)
     itemsize = {"bfloat16": 2}.get(dtype) or np.dtype(dtype).itemsize
-    return int(np.prod(x.shape)) * itemsize
+    # The size the tensor has now: TensorFlow's slot variables take any shape.
+    return int(ops.convert_to_numpy(ops.size(x))) * itemsize
 
 
 def _block(tensors):
