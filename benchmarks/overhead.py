@@ -440,7 +440,8 @@ def summarize(t: dict, epochs: int) -> dict:
 def _nbytes(x) -> int:
     dtype = keras.backend.standardize_dtype(x.dtype)
     itemsize = {"bfloat16": 2}.get(dtype) or np.dtype(dtype).itemsize
-    return int(np.prod(x.shape)) * itemsize
+    # The size the tensor has now: TensorFlow's slot variables take any shape.
+    return int(ops.convert_to_numpy(ops.size(x))) * itemsize
 
 
 def _block(tensors):
@@ -485,19 +486,19 @@ def bookkeeping(model, reps: int) -> dict:
     def ensemble_bytes():
         return sum(_nbytes(a) for a in average.average if a is not None)
 
-    # Private state, read for this accounting only: the running weights kept
-    # while the provisional ensemble is shown (`_saved`), and the provisional
-    # ensemble kept for `commit` afterwards (`_pending`).
+    # The running weights kept while the provisional ensemble is shown, and
+    # the provisional ensemble kept for `commit` afterwards.
     held = {"ensemble": ensemble_bytes(), "during": 0, "after": 0}
+
+    def kept(key):
+        return sum(_nbytes(x) for x in average.held()[key] or [] if x is not None)
 
     def provisional():
         with average.provisional():
             _block(values())
-            during = ensemble_bytes()
-            during += sum(_nbytes(x) for _, _, x, _ in average._saved)
+            during = ensemble_bytes() + kept("running")
         _block(values())
-        after = ensemble_bytes()
-        after += sum(_nbytes(x) for x in average._pending if x is not None)
+        after = ensemble_bytes() + kept("provisional")
         held["during"] = max(held["during"], during)
         held["after"] = max(held["after"], after)
 
@@ -586,6 +587,257 @@ def check_decisions(w: Workload) -> dict:
         "ensemble_max_abs_diff": diff,
         "running_score_max_abs_diff": running,
     }
+
+
+# --------------------------------------------------------------------------
+# cost against the number of variables
+# --------------------------------------------------------------------------
+
+# Two stacks of Dense layers of (about) the same 3.1M float32 parameters: 3
+# layers 1024 wide (6 variables) and 150 layers 144 wide (300 variables).
+STACKS = {"few": (3, 1024), "many": (150, 144)}
+DECISIONS = ("restart", "soft", "reject")
+
+
+def dense_stack(layers: int, width: int):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((width,))] + [keras.layers.Dense(width) for _ in range(layers)]
+    )
+
+
+def decisions_by_count(reps: int) -> dict:
+    """One decision's bookkeeping, for few large and many small variables.
+
+    Per stack (`STACKS`), interleaved: `restart` (a hard update, or the
+    first), `soft` (`provisional()` entered and left, then `commit()`) and
+    `reject` (the same, then `discard()`), with nothing evaluated inside,
+    against `np.copy` of the same float weights in host memory. Uses only the
+    public API of `WeightAverage`, so that it measures an earlier engine as
+    well (`--baseline`).
+
+    Args:
+        reps: Repetitions of each step.
+
+    Returns:
+        Per stack: its variables, parameters and bytes, and per step the
+        milliseconds of every repetition.
+    """
+    import keras_aswa
+
+    out = {}
+    steps = {}
+    for name, shape in STACKS.items():
+        model = dense_stack(*shape)
+        host = [ops.convert_to_numpy(v.value) for v in model.weights]
+        average = WeightAverage(model.weights)
+        average.restart()
+
+        def restart(average=average):
+            average.restart()
+            _block(average.average)
+
+        def soft(average=average):
+            with average.provisional():
+                pass
+            average.commit()
+            _block(average.average)
+
+        def reject(average=average, model=model):
+            with average.provisional():
+                pass
+            average.discard()
+            _block([v.value for v in model.weights])
+
+        def copy(host=host):
+            return [np.copy(a) for a in host]
+
+        steps[name] = {"restart": restart, "soft": soft, "reject": reject}
+        steps[name]["copy"] = copy
+        out[name] = {
+            "variables": len(model.weights),
+            "params": model.count_params(),
+            "bytes": sum(a.nbytes for a in host),
+            "ms": {k: [] for k in steps[name]},
+        }
+    for fns in steps.values():  # compile and warm up
+        for fn in fns.values():
+            fn()
+    for _ in range(reps):
+        for name, fns in steps.items():
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                out[name]["ms"][k].append((time.perf_counter() - t) * 1e3)
+    return {
+        "backend": keras.backend.backend(),
+        "engine": str(Path(keras_aswa.__file__).parent),
+        "stacks": out,
+        "versions": versions(),
+        "load_avg": os.getloadavg()[0],
+    }
+
+
+def _baseline_checkout(rev: str, into: str) -> str:
+    """`keras_aswa/` as of git revision `rev`, unpacked under `into`."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "keras_aswa"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return into
+
+
+def by_count(
+    backends,
+    reps: int,
+    rounds: int,
+    baseline: str | None,
+    torch_threads: int | None = None,
+) -> dict:
+    """`decisions_by_count` per backend and engine, each in a fresh process.
+
+    The engines alternate, `rounds` times (the baseline first in each), so
+    that both see the same load on a shared machine; repetitions pool over
+    rounds.
+
+    Args:
+        backends: Backend names.
+        reps: Repetitions of each step, per process.
+        rounds: Processes per backend and engine.
+        baseline: A git revision whose `keras_aswa` to measure beside this
+            checkout's, or None.
+        torch_threads: torch's intra-op threads in the processes (None:
+            torch's default).
+
+    Returns:
+        `{"runs": {backend: {engine: result}}, "baseline": baseline,
+        "commit": ..., "machine": ...}`, each result as `decisions_by_count`
+        returns it, with repetitions pooled.
+    """
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {"this": str(REPO)}
+        if baseline:
+            engines = {baseline: _baseline_checkout(baseline, tmp), **engines}
+        for b in backends:
+            runs[b] = {}
+            for r in range(rounds):
+                for label, path in engines.items():
+                    _log(f"{b}: {label}, round {r + 1}/{rounds}")
+                    result = _by_count_child(b, path, reps, torch_threads)
+                    runs[b][label] = _pool(runs[b].get(label), result)
+    return {
+        "runs": runs,
+        "baseline": baseline,
+        "commit": code_version(),
+        "machine": {k: v for k, v in machine().items() if k != "accelerator"},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _by_count_child(
+    backend: str, engine: str, reps: int, torch_threads: int | None
+) -> dict:
+    # `-c` rather than `-m`: the engine's directory goes first on sys.path,
+    # before the checkout and any installed keras_aswa.
+    launcher = (
+        f"import runpy, sys; sys.path.insert(0, {engine!r}); "
+        "runpy.run_module('benchmarks.overhead', run_name='__main__')"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "by_count.json"
+        cmd = [sys.executable, "-c", launcher, "--by-count-of", str(reps)]
+        cmd += ["--json", str(path)]
+        if torch_threads:
+            cmd += ["--torch-threads", str(torch_threads)]
+        subprocess.run(cmd, cwd=REPO, env=_child_env(backend), check=True)
+        return json.loads(path.read_text())
+
+
+def _pool(into: dict | None, result: dict) -> dict:
+    if into is None:
+        return result
+    for name, stack in result["stacks"].items():
+        for k, ms in stack["ms"].items():
+            into["stacks"][name]["ms"][k] += ms
+    into["load_avg"] = max(into["load_avg"], result["load_avg"])
+    return into
+
+
+def by_count_markdown(report: dict, argv: list[str]) -> str:
+    """The report of `by_count`: medians, ratios many/few and to `np.copy`."""
+    med = statistics.median
+    first = next(iter(next(iter(report["runs"].values())).values()))
+    stacks = first["stacks"]
+    m = report["machine"]
+    vers = {
+        k: v
+        for engines in report["runs"].values()
+        for r in engines.values()
+        for k, v in r["versions"].items()
+    }
+    few, many = stacks["few"], stacks["many"]
+    lines = [
+        "# Cost against the number of variables",
+        "",
+        f"Command: `python -m benchmarks.overhead {' '.join(argv)}`",
+        f"Date: {report['date']}; commit {report['commit']}",
+        f"Machine: {m['nproc']} CPU cores, {m['cpu']}; no GPU; Python {m['python']}",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"Models: Dense stacks of {few['variables']} variables "
+        f"({few['params']:,} float32 parameters) and {many['variables']} "
+        f"variables ({many['params']:,}); medians of "
+        f"{len(few['ms']['copy'])} repetitions per engine, the engines "
+        "alternating in fresh processes; load average at most "
+        + ", ".join(
+            f"{b} {max(r['load_avg'] for r in engines.values()):.1f}"
+            for b, engines in report["runs"].items()
+        ),
+        "",
+        "One decision's weight bookkeeping (`WeightAverage`, nothing evaluated): "
+        "`restart` (a hard update), `soft` (provisional average shown, taken "
+        "out, committed), `reject` (shown, taken out, discarded); `np.copy` "
+        "copies the same float weights in host memory.",
+        "",
+        "| backend | engine | variables | restart ms | soft ms | reject ms | "
+        "worst ms | `np.copy` ms | worst / copy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    worst = {}
+    for b, engines in report["runs"].items():
+        for label, r in engines.items():
+            for name in STACKS:
+                s = r["stacks"][name]
+                ms = {k: med(v) for k, v in s["ms"].items()}
+                w = max(ms[d] for d in DECISIONS)
+                worst[b, label, name] = ms | {"worst": w}
+                lines.append(
+                    f"| {b} | {label} | {s['variables']} | "
+                    + " | ".join(f"{ms[d]:.2f}" for d in DECISIONS)
+                    + f" | {w:.2f} | {ms['copy']:.2f} | {w / ms['copy']:.1f}x |"
+                )
+    lines += [
+        "",
+        f"Ratio {many['variables']} variables / {few['variables']} variables "
+        "(target: at most 1.5x):",
+        "",
+        "| backend | engine | restart | soft | reject | worst |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for b, engines in report["runs"].items():
+        for label in engines:
+            ratio = {
+                k: worst[b, label, "many"][k] / worst[b, label, "few"][k]
+                for k in (*DECISIONS, "worst")
+            }
+            lines.append(
+                f"| {b} | {label} | "
+                + " | ".join(f"{ratio[k]:.1f}x" for k in (*DECISIONS, "worst"))
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -915,7 +1167,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", help="also write the Markdown tables here")
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument(
+        "--by-count",
+        action="store_true",
+        help="only the bookkeeping of 6 against 300 variables of the same bytes",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="with --by-count: also measure keras_aswa as of this git revision",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --by-count: processes per backend and engine",
+    )
     parser.add_argument("--peak-rss-of", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--by-count-of", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else REFERENCE
     args.rss = args.rss or ("inprocess" if args.smoke else "subprocess")
@@ -923,16 +1191,29 @@ def main(argv: list[str] | None = None) -> None:
     if args.torch_threads:
         cfg = replace(cfg, torch_threads=args.torch_threads)
 
-    if args.peak_rss_of:  # child of peak_rss_all
+    if args.peak_rss_of or args.by_count_of:  # child of peak_rss_all, by_count
         if keras.backend.backend() == "torch" and cfg.torch_threads:
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        Path(args.json).write_text(
-            json.dumps(peak_rss(Workload(cfg), args.peak_rss_of))
+        result = (
+            peak_rss(Workload(cfg), args.peak_rss_of)
+            if args.peak_rss_of
+            else decisions_by_count(args.by_count_of)
         )
+        Path(args.json).write_text(json.dumps(result))
         return
     backends = BACKENDS if args.backend == "all" else [args.backend]
+    if args.by_count:
+        reps = args.reps or cfg.bookkeeping_reps
+        report = by_count(backends, reps, args.rounds, args.baseline, cfg.torch_threads)
+        text = by_count_markdown(report, argv)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        return
     results = []
     for b in backends:
         if b == keras.backend.backend() and len(backends) == 1:

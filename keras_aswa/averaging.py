@@ -2,7 +2,9 @@
 
 `WeightAverage` keeps an equal-weight running average of a model's
 floating-point variables, on the device where they live, one pass over the
-weights per step (`keras_aswa.kernels`): no copy through host memory (unless
+weights and one call over all of them per step (`keras_aswa.kernels`; the
+store of TensorFlow, `kernels.SlotStore`, lives there too, the one of JAX
+and torch, `TensorStore`, here): no copy through host memory (unless
 `offload="host"` asks to keep the average in host memory instead). ASWA and
 SWA differ only in when they call `restart`, `update` and `commit`; the
 arithmetic, the dtype rules and the swapping in and out of the model live
@@ -43,55 +45,50 @@ def accumulation_dtype(dtype) -> str | None:
     return "float64" if dtype == "float64" else "float32"
 
 
-def _fresh(value, dtype):
-    # A new buffer in `dtype`. On JAX a variable takes ownership of what it is
-    # assigned, and a snapshot must not share the variable's buffer: neither
-    # may alias the other.
-    if backend.standardize_dtype(value.dtype) != backend.standardize_dtype(dtype):
-        return ops.cast(value, dtype)
-    return ops.copy(value)
+class _Device:
+    """Arithmetic on backend tensors beside the weights, one call a list."""
 
-
-class _OnDevice:
-    """The average as backend tensors beside the weights, on their device."""
-
-    # A provisional average shown in a variable of its own dtype is read back
-    # from it afterwards, instead of being held twice.
-    keeps_blend = False
+    keeps_blend = False  # read back from the variables that show it
 
     @staticmethod
-    def snapshot(variable, dtype):
-        return _fresh(kernels.read(variable), dtype)
+    def snapshot(variables, dtypes):
+        return kernels.cast([kernels.read(v) for v in variables], dtypes)
 
     @staticmethod
-    def blend(average, variable, count):
-        # E + (θ - E) / (n + 1): the equal-weight average of n + 1 members.
-        return kernels.blend(average, kernels.read(variable), count)
+    def blend(averages, variables, count, reuse=False):
+        thetas = [kernels.read(v) for v in variables]
+        return kernels.blend(averages, thetas, count, reuse)
 
     @staticmethod
-    def for_variable(value, variable, fresh=False):
-        # `fresh`: just computed, so the variable may take it over as it is.
-        if fresh:
-            return ops.cast(value, variable.dtype)
-        return _fresh(value, variable.dtype)
+    def show(averages, variables, count, dtypes):
+        thetas = [kernels.read(v) for v in variables]
+        return kernels.show(averages, thetas, count, dtypes), None
 
     @staticmethod
-    def to_numpy(value):
-        return ops.convert_to_numpy(value)
+    def for_variables(averages, dtypes):
+        return kernels.cast(averages, dtypes)
 
     @staticmethod
-    def place(array, variable, dtype):
-        # On the variable's device, and on JAX with its sharding.
-        value = ops.convert_to_tensor(array, dtype)
+    def to_numpy(averages):
+        # Arrays of their own: the average may be updated in place later.
+        return [np.array(ops.convert_to_numpy(a)) for a in averages]
+
+    @staticmethod
+    def place(arrays, variables, dtypes):
+        # Copies, on the variables' devices (on JAX, with their sharding).
+        values = kernels.cast([ops.convert_to_tensor(a) for a in arrays], dtypes)
         if backend.backend() == "jax":
             import jax
 
-            value = jax.device_put(value, variable.value.sharding)
-        return value
+            values = [
+                jax.device_put(x, v.value.sharding)
+                for x, v in zip(values, variables, strict=True)
+            ]
+        return values
 
 
-class _OnHost:
-    """The average as numpy arrays in host memory, with numpy arithmetic.
+class _Host:
+    """Numpy arithmetic on arrays in host memory.
 
     Frees the accelerator of the average at the price of one device-to-host
     copy of the weights per update and a host-to-device copy per write.
@@ -100,32 +97,153 @@ class _OnHost:
     keeps_blend = True  # in host memory, beside the device's weights
 
     @staticmethod
-    def snapshot(variable, dtype):
-        return np.array(ops.convert_to_numpy(kernels.read(variable)), dtype=dtype)
+    def snapshot(variables, dtypes):
+        return [
+            np.array(ops.convert_to_numpy(kernels.read(v)), dtype=d)
+            for v, d in zip(variables, dtypes, strict=True)
+        ]
 
     @staticmethod
-    def blend(average, variable, count):
-        theta = ops.convert_to_numpy(kernels.read(variable)).astype(average.dtype)
-        return average + (theta - average) / average.dtype.type(count + 1)
+    def blend(averages, variables, count, reuse=False):
+        return [
+            a
+            + (ops.convert_to_numpy(kernels.read(v)).astype(a.dtype) - a)
+            / a.dtype.type(count + 1)
+            for a, v in zip(averages, variables, strict=True)
+        ]
+
+    @classmethod
+    def show(cls, averages, variables, count, dtypes):
+        blended = cls.blend(averages, variables, count)
+        return cls.for_variables(blended, dtypes), blended
 
     @staticmethod
-    def for_variable(value, variable, fresh=False):
-        return ops.cast(ops.convert_to_tensor(value), variable.dtype)
+    def for_variables(averages, dtypes):
+        return [
+            ops.cast(ops.convert_to_tensor(a), d)
+            for a, d in zip(averages, dtypes, strict=True)
+        ]
 
     @staticmethod
-    def to_numpy(value):
-        return value.copy()
+    def to_numpy(averages):
+        return [a.copy() for a in averages]
 
     @staticmethod
-    def place(array, variable, dtype):
-        return np.array(array, dtype=dtype)
+    def place(arrays, variables, dtypes):
+        return [np.array(a, dtype=d) for a, d in zip(arrays, dtypes, strict=True)]
 
 
-_STORAGE = {None: _OnDevice, "host": _OnHost}
+class TensorStore:
+    """The average of a list of float variables as a list of tensors.
 
-# What a provisional block leaves to `commit` when `on_write` rewrote what it
-# showed: the scored values are not the blend, so blend again.
-_REBLEND = object()
+    Backend tensors on the variables' devices (JAX, torch), or numpy arrays
+    in host memory (`host=True`). The same interface as
+    `keras_aswa.kernels.SlotStore`, which holds the average on TensorFlow.
+
+    Args:
+        variables: The Keras variables to average, all floating point.
+        dtypes: The accumulation dtype of each (float32 or float64).
+        host: Whether to keep the average in host memory.
+
+    Example:
+
+    ```python
+    store = TensorStore(model.trainable_weights, ["float32"] * n)
+    store.restart()            # E <- θ
+    store.swap_in(count=1)     # the model holds E + (θ - E) / 2
+    store.swap_out(keep=True)  # θ is back; E + (θ - E) / 2 is kept
+    store.commit(count=1)      # ...and becomes E
+    ```
+    """
+
+    def __init__(self, variables: Sequence, dtypes: Sequence, host: bool = False):
+        self.variables = list(variables)
+        self.dtypes = list(dtypes)
+        self._math = _Host if host else _Device
+        self._var_dtypes = [backend.standardize_dtype(v.dtype) for v in self.variables]
+        # Variables that hold a provisional average unrounded: it is read
+        # back from them instead of being held twice.
+        self._same = [
+            d == a for d, a in zip(self._var_dtypes, self.dtypes, strict=True)
+        ]
+        self.average: list | None = None
+        self.saved: list | None = None
+        self.pending: list | None = None
+        self._blended: list | None = None
+
+    def restart(self) -> None:
+        """`E <- θ`: the variables' current values, in the accumulation dtypes."""
+        self.pending = None
+        self.average = self._math.snapshot(self.variables, self.dtypes)
+
+    def update(self, count: int) -> None:
+        """`E <- E + (θ - E) / (count + 1)`."""
+        self.pending = None
+        # Nothing else refers to the average's buffers (see `to_numpy`,
+        # `place`): the new average may be written over the old one.
+        self.average = self._math.blend(self.average, self.variables, count, reuse=True)
+
+    def swap_in(self, count: int | None = None) -> None:
+        """Writes `E` (count None) or the provisional average into the variables.
+
+        The running values are kept until `swap_out`.
+        """
+        self.pending = None
+        if count is None:
+            values = self._math.for_variables(self.average, self._var_dtypes)
+        else:
+            values, self._blended = self._math.show(
+                self.average, self.variables, count, self._var_dtypes
+            )
+        self.saved = kernels.exchange(self.variables, values)
+
+    def swap_out(self, keep: bool) -> None:
+        """Puts the kept running values back.
+
+        Args:
+            keep: Whether to keep what the variables show, a provisional
+                average, for `commit`.
+        """
+        shown = kernels.exchange(self.variables, self.saved)
+        self.saved = None
+        blended, self._blended = self._blended, None
+        if keep:
+            self.pending = blended or [
+                s if same else None for s, same in zip(shown, self._same, strict=True)
+            ]
+
+    def commit(self, count: int) -> None:
+        """`E <-` the kept provisional average (blended again where rounded)."""
+        pending, self.pending = self.pending, None
+        again = [i for i, p in enumerate(pending) if p is None]
+        if again:
+            blended = self._math.blend(
+                [self.average[i] for i in again],
+                [self.variables[i] for i in again],
+                count,
+            )
+            for i, value in zip(again, blended, strict=True):
+                pending[i] = value
+        self.average = pending
+
+    def discard(self) -> None:
+        """Frees the kept provisional average, if any."""
+        self.pending = None
+
+    def arrays(self) -> list:
+        """`E` as numpy arrays of their own."""
+        return self._math.to_numpy(self.average)
+
+    def load(self, arrays: list) -> None:
+        """`E <-` `arrays`, cast to the accumulation dtypes."""
+        self.pending = None
+        self.average = self._math.place(arrays, self.variables, self.dtypes)
+
+    def apply(self) -> None:
+        """Writes `E` into the variables, rounded to their dtypes."""
+        values = self._math.for_variables(self.average, self._var_dtypes)
+        for v, value in zip(self.variables, values, strict=True):
+            v.assign(value)
 
 
 class WeightAverage:
@@ -135,8 +253,8 @@ class WeightAverage:
         variables: The variables to average, usually `model.weights`. Their
             order is the order of `numpy()`.
         offload: None keeps the average on the variables' devices (with
-            their sharding); `"host"` keeps it in
-            host memory as numpy arrays, for models that fill the
+            their sharding), computed by `keras_aswa.kernels`; `"host"` keeps
+            it in host memory as numpy arrays, for models that fill the
             accelerator: one device-to-host copy of the weights per update.
         on_write: Called with no argument each time an average has been
             written into the variables (`swap_in`, `provisional`, `apply`),
@@ -159,60 +277,96 @@ class WeightAverage:
     """
 
     def __init__(self, variables: Sequence, offload: str | None = None, on_write=None):
-        if offload not in _STORAGE:
+        if offload not in (None, "host"):
             raise ValueError(
                 f"offload={offload!r} is not one of None (the average stays on "
                 "the weights' devices) or 'host' (in host memory)."
             )
         self.offload = offload
         self.on_write = on_write
-        self._storage = _STORAGE[offload]
         self.variables = list(variables)
         self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
-        self._saved = None
-        self._pending = None
+        # Positions of the averaged (floating-point) variables.
+        self._floats = [i for i, d in enumerate(self.dtypes) if d is not None]
+        self._store = None
         self._showing_provisional = False
+        # The provisional block's values were rewritten by `on_write`:
+        # `commit` blends again.
+        self._reblend = False
         self.reset()
+
+    def _new_store(self):
+        variables = [self.variables[i] for i in self._floats]
+        dtypes = [self.dtypes[i] for i in self._floats]
+        if self.offload is None and backend.backend() == "tensorflow":
+            return kernels.SlotStore(variables, dtypes)
+        return TensorStore(variables, dtypes, host=self.offload == "host")
 
     def reset(self) -> None:
         """Forgets the average: no members."""
         self.swap_out()
-        self.average: list | None = None
+        self._store = self._new_store()
+        self._members = False
         self.count = 0
-        self._pending = None
 
     @property
     def empty(self) -> bool:
-        return self.average is None
+        return not self._members
+
+    @property
+    def average(self) -> list | None:
+        """The average's tensors, one per variable (None for non-float ones)."""
+        return None if self.empty else self._spread(self._store.average)
+
+    def held(self) -> dict:
+        """What the average keeps beside `average`, one entry per variable.
+
+        Returns:
+            `"running"`: the variables' own values, kept while an average is
+            swapped in; `"provisional"`: the provisional average kept for
+            `commit` (None where it is blended again instead). Each a list
+            with None for non-float variables, or None when nothing is kept.
+
+        Example:
+
+        >>> with average.provisional():
+        ...     average.held()["running"]   # θ, waiting
+        """
+        store = self._store
+        return {
+            "running": None if store.saved is None else self._spread(store.saved),
+            "provisional": None
+            if store.pending is None
+            else self._spread(store.pending),
+        }
+
+    def _spread(self, values):
+        """One entry per variable from one per averaged variable."""
+        out = [None] * len(self.variables)
+        for i, value in zip(self._floats, values, strict=True):
+            out[i] = value
+        return out
 
     def restart(self) -> None:
         """Restarts the average from the variables' current values (n = 1)."""
-        self._pending = None
-        if self.average is None:
-            self.average = [None] * len(self.variables)
-        # In place, one variable at a time, so that the old and the new average
-        # are never alive whole at once.
-        for i, (v, dtype) in enumerate(zip(self.variables, self.dtypes, strict=True)):
-            self.average[i] = (
-                None if dtype is None else self._storage.snapshot(v, dtype)
-            )
+        self._store.restart()
+        self._reblend = False
+        self._members = True
         self.count = 1
 
     def update(self) -> None:
         """Adds the variables' current values as one more member."""
-        if self.average is None:
+        if self.empty:
             self.restart()
             return
-        self._pending = None
-        for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
-            if avg is not None:
-                self.average[i] = self._storage.blend(avg, v, self.count)
+        self._store.update(self.count)
+        self._reblend = False
         self.count += 1
 
     @property
     def swapped_in(self) -> bool:
         """Whether the variables hold an average and their own values wait."""
-        return self._saved is not None
+        return self._store.saved is not None
 
     def swap_in(self, provisional: bool = False) -> None:
         """Writes the average into the variables, keeping their values.
@@ -230,41 +384,24 @@ class WeightAverage:
             RuntimeError: If the average has no member yet, or is swapped in.
         """
         self._require_members()
-        if self._saved is not None:
+        if self.swapped_in:
             raise RuntimeError("The average is already swapped into the model.")
-        self._saved, self._pending = [], None
         self._showing_provisional = provisional
-        try:
-            for i, (v, avg) in enumerate(
-                zip(self.variables, self.average, strict=True)
-            ):
-                if avg is None:
-                    continue
-                kept = None
-                if provisional:
-                    blended = self._storage.blend(avg, v, self.count)
-                    value = self._storage.for_variable(blended, v, fresh=True)
-                    kept = blended if self._storage.keeps_blend else None
-                else:
-                    value = self._storage.for_variable(avg, v)
-                self._saved.append((i, v, kernels.exchange(v, value), kept))
-            if self.on_write is not None:
+        self._reblend = False
+        self._store.swap_in(self.count if provisional else None)
+        if self.on_write is not None:
+            try:
                 self.on_write()
-        except BaseException:
-            self.swap_out()
-            raise
+            except BaseException:
+                self.swap_out()
+                raise
 
     def swap_out(self) -> None:
         """Puts back the values `swap_in` kept; a no-op if none are kept."""
-        saved, self._saved = self._saved or [], None
-        pending = [None] * len(self.variables)
-        for i, v, previous, kept in saved:
-            shown = kernels.exchange(v, previous)
-            if kept is None and backend.standardize_dtype(v.dtype) == self.dtypes[i]:
-                kept = shown  # the provisional average itself, at full precision
-            pending[i] = kept
-        if saved and self._showing_provisional:
-            self._pending = _REBLEND if self.on_write is not None else pending
+        if self._store is not None and self.swapped_in:
+            rewritten = self._showing_provisional and self.on_write is not None
+            self._store.swap_out(keep=self._showing_provisional and not rewritten)
+            self._reblend = rewritten
 
     def commit(self) -> None:
         """Adopts the provisional average of the last `provisional()` block.
@@ -276,28 +413,21 @@ class WeightAverage:
             RuntimeError: If no provisional block ended since the average last
                 changed.
         """
-        if self._pending is None:
+        if self._reblend:
+            self.update()
+            return
+        if self._store.pending is None:
             raise RuntimeError(
                 "No provisional average to commit: commit() follows a "
                 "provisional() block, before the average changes."
             )
-        pending, self._pending = self._pending, None
-        if pending is _REBLEND:
-            self.update()
-            return
-        for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
-            if avg is not None:
-                kept = pending[i]
-                self.average[i] = (
-                    kept
-                    if kept is not None
-                    else self._storage.blend(avg, v, self.count)
-                )
+        self._store.commit(self.count)
         self.count += 1
 
     def discard(self) -> None:
         """Frees the provisional average of the last block, if still held."""
-        self._pending = None
+        self._reblend = False
+        self._store.discard()
 
     @contextlib.contextmanager
     def provisional(self) -> Iterator[None]:
@@ -327,9 +457,7 @@ class WeightAverage:
             RuntimeError: If the average has no member yet.
         """
         self._require_members()
-        for v, avg in zip(self.variables, self.average, strict=True):
-            if avg is not None:
-                v.assign(self._storage.for_variable(avg, v))
+        self._store.apply()
         if self.on_write is not None:
             self.on_write()
 
@@ -343,11 +471,10 @@ class WeightAverage:
             RuntimeError: If the average has no member yet.
         """
         self._require_members()
+        out = self._spread(self._store.arrays())
         return [
-            ops.convert_to_numpy(kernels.read(v))
-            if avg is None
-            else self._storage.to_numpy(avg)
-            for v, avg in zip(self.variables, self.average, strict=True)
+            ops.convert_to_numpy(kernels.read(v)) if a is None else a
+            for v, a in zip(self.variables, out, strict=True)
         ]
 
     def signature(self) -> list:
@@ -365,11 +492,9 @@ class WeightAverage:
             count: How many members they average.
         """
         self.swap_out()
-        self._pending = None
-        self.average = [
-            None if dtype is None else self._storage.place(array, v, dtype)
-            for v, array, dtype in zip(self.variables, arrays, self.dtypes, strict=True)
-        ]
+        self._store.load([arrays[i] for i in self._floats])
+        self._reblend = False
+        self._members = True
         self.count = count
 
     def _require_members(self):

@@ -182,6 +182,35 @@ def is_data_source(data) -> bool:
 # --- Backends ---------------------------------------------------------------
 
 
+def variable_storage(variable):
+    """The backend tensor a Keras variable holds, without per-call checks.
+
+    Stands in for: `variable.value`, which also handles a `StatelessScope`
+    and autocasting (never active where averaging runs) and costs more than a
+    small variable's arithmetic.
+    """
+    return variable._value
+
+
+def assign_unchecked(variable, value) -> None:
+    """`variable.assign(value)` for a value already of its dtype and shape.
+
+    Stands in for: `assign` without its conversion and checks (JAX); keeps
+    the variable's layout.
+    """
+    variable._direct_assign(value)
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a Keras dtype name.
+
+    Stands in for: a public mapping (Keras keeps it in its torch backend).
+    """
+    from keras.src.backend.torch.core import to_torch_dtype
+
+    return to_torch_dtype(name)
+
+
 def torch_swap_storage(parameter, value):
     """Makes a torch parameter use `value`'s storage; returns the old tensor.
 

@@ -280,3 +280,98 @@ def test_host_offload_gives_the_device_result(dtype):
 def test_unknown_offload():
     with pytest.raises(ValueError, match="offload="):
         WeightAverage([], offload="disk")
+
+
+@pytest.mark.parametrize("offload", [None, "host"])
+def test_many_variables_of_mixed_dtypes_follow_numpy(offload):
+    # Every decision over a list that interleaves float32, bfloat16 and
+    # integer variables: each float entry must follow its own numpy mean.
+    rng = np.random.default_rng(7)
+    dtypes = ["float32", "bfloat16", "int32", "float32", "bfloat16"] * 8
+    shapes = [(int(rng.integers(1, 9)), 3) for _ in dtypes]
+    vs = [
+        keras.Variable(np.zeros(s), dtype=d, trainable=d != "int32")
+        for s, d in zip(shapes, dtypes, strict=True)
+    ]
+    floats = [i for i, d in enumerate(dtypes) if d != "int32"]
+
+    def draw():
+        values = [rng.normal(size=s) for s in shapes]
+        assign_all(
+            vs,
+            [
+                np.round(x * 10) if d == "int32" else x
+                for x, d in zip(values, dtypes, strict=True)
+            ],
+        )
+        # What the variables hold, in float32 (bfloat16 rounds on assign).
+        return [ops.convert_to_numpy(ops.cast(v, "float32")) for v in vs]
+
+    avg = WeightAverage(vs, offload)
+    reference = draw()
+    avg.restart()
+    n = 1
+    for decision in ["soft", "reject", "update", "soft", "hard", "soft", "reject"]:
+        theta = draw()
+        blended = [
+            e + (t - e) / np.float32(n + 1)
+            for e, t in zip(reference, theta, strict=True)
+        ]
+        if decision == "update":
+            avg.update()
+        else:
+            with avg.provisional():
+                shown = numpy_of(vs)
+            for i in floats:
+                np.testing.assert_allclose(
+                    ops.convert_to_numpy(ops.cast(shown[i], "float32")),
+                    blended[i],
+                    rtol=2**-8 if dtypes[i] == "bfloat16" else 1e-6,
+                    atol=1e-6,
+                )
+            after = numpy_of(vs)  # the running values, back exactly
+            for i in range(len(vs)):
+                np.testing.assert_array_equal(
+                    ops.convert_to_numpy(ops.cast(after[i], "float32")), theta[i]
+                )
+        if decision in ("soft", "update"):
+            if decision == "soft":
+                avg.commit()
+            reference, n = blended, n + 1
+        elif decision == "hard":
+            avg.restart()
+            reference, n = theta, 1
+        else:
+            avg.discard()
+        got = avg.numpy()
+        assert avg.count == n
+        for i in floats:
+            assert got[i].dtype == np.float32
+            np.testing.assert_allclose(got[i], reference[i], rtol=1e-5, atol=1e-6)
+        for i in set(range(len(vs))) - set(floats):  # the running integers
+            np.testing.assert_array_equal(got[i], theta[i].astype("int32"))
+
+
+def test_arrays_handed_out_or_in_are_never_written_later():
+    # The average may be updated in place (torch) or over its old buffers
+    # (JAX donation): what numpy() returned and what load() got must not move.
+    rng = np.random.default_rng(8)
+    vs = variables(rng)
+    avg = WeightAverage(vs)
+    avg.restart()
+    first = avg.numpy()
+    kept = [a.copy() for a in first]
+    given = [rng.normal(size=(3, 4)).astype("float32"), np.ones(4, "float32"), None]
+    given_copy = [None if a is None else a.copy() for a in given]
+    for _ in range(3):
+        vs[0].assign(rng.normal(size=(3, 4)))
+        avg.update()
+    for a, b in zip(first, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    avg.load(given, count=2)
+    vs[0].assign(np.zeros((3, 4)))
+    avg.update()
+    for a, b in zip(given, given_copy, strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(avg.numpy()[0], given_copy[0] * 2 / 3, rtol=1e-6)

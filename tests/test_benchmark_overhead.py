@@ -84,3 +84,44 @@ def test_cli_writes_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(overhead, "SMOKE", tiny)
     overhead.main(["--smoke", "--rss", "off", "--out", str(out)])
     assert f"| {keras.backend.backend()} | aswa |" in out.read_text()
+
+
+def test_decisions_by_count_measures_both_stacks():
+    result = overhead.decisions_by_count(reps=1)
+    stacks = result["stacks"]
+    assert stacks["few"]["variables"] == 6 and stacks["many"]["variables"] == 300
+    # The same bytes within 1 %: the stacks differ in the number of variables.
+    assert abs(stacks["many"]["bytes"] / stacks["few"]["bytes"] - 1) < 0.01
+    for s in stacks.values():
+        assert s["bytes"] == 4 * s["params"]
+        assert set(s["ms"]) == {*overhead.DECISIONS, "copy"}
+        assert all(len(ms) == 1 and ms[0] > 0 for ms in s["ms"].values())
+
+
+def test_by_count_markdown_ratios():
+    def stack(variables, ms):
+        return {"variables": variables, "params": 10, "bytes": 40, "ms": ms}
+
+    run = {
+        "stacks": {
+            "few": stack(
+                6, {"restart": [1, 3, 2], "soft": [4], "reject": [2], "copy": [2]}
+            ),
+            "many": stack(
+                300, {"restart": [3], "soft": [6], "reject": [9], "copy": [2]}
+            ),
+        },
+        "versions": {"keras": "x"},
+        "load_avg": 1.0,
+    }
+    report = {
+        "runs": {"jax": {"this": run}},
+        "commit": "abc",
+        "date": "today",
+        "machine": {"nproc": 2, "cpu": "cpu", "python": "3"},
+    }
+    text = overhead.by_count_markdown(report, ["--by-count"])
+    # few: restart median 2, worst max(2, 4, 2) = 4, copy 2; many: worst 9.
+    assert "| jax | this | 6 | 2.00 | 4.00 | 2.00 | 4.00 | 2.00 | 2.0x |" in text
+    assert "| jax | this | 300 | 3.00 | 6.00 | 9.00 | 9.00 | 2.00 | 4.5x |" in text
+    assert "| jax | this | 1.5x | 1.5x | 4.5x | 2.2x |" in text

@@ -141,3 +141,28 @@ def test_torch_swap_storage():
     assert variable.value is parameter, gone("torch_swap_storage", "Parameter.data")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [1, 1, 1])
     np.testing.assert_array_equal(previous.numpy(), [0, 0, 0])
+
+
+def test_variable_storage_and_unchecked_assign():
+    variable = keras.Variable(np.arange(3, dtype="float32"))
+    storage = internals.variable_storage(variable)
+    assert storage is variable.value or np.array_equal(
+        keras.ops.convert_to_numpy(storage), [0, 1, 2]
+    ), gone("variable_storage", "KerasVariable._value")
+    if keras.backend.backend() == "jax":
+        import jax.numpy as jnp
+
+        internals.assign_unchecked(variable, jnp.ones(3))
+        got = keras.ops.convert_to_numpy(variable)
+        assert np.array_equal(got, [1, 1, 1]), gone(
+            "assign_unchecked", "KerasVariable._direct_assign"
+        )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch only")
+def test_torch_dtype():
+    import torch
+
+    assert internals.torch_dtype("bfloat16") is torch.bfloat16, gone(
+        "torch_dtype", "keras.src.backend.torch.core.to_torch_dtype"
+    )

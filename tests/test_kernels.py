@@ -7,26 +7,44 @@ from keras import ops
 
 from keras_aswa import kernels
 
+# On TensorFlow the arithmetic runs inside `SlotStore` (tests/test_averaging.py).
+tensor_kernels = pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="TensorFlow averages in a SlotStore, not with list kernels",
+)
 
+SHAPES = [(64, 33), (7,), (3, 2, 5), ()]
+
+
+def _members(seed, dtype):
+    rng = np.random.default_rng(seed)
+    e = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    t = [ops.cast(rng.normal(size=s), dtype) for s in SHAPES]
+    t32 = [ops.convert_to_numpy(ops.cast(x, "float32")) for x in t]
+    return e, t, t32
+
+
+@tensor_kernels
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("theta_dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("count", [1, 2, 7, 499])
-def test_blend_is_the_running_mean_step(theta_dtype, count):
-    rng = np.random.default_rng(count)
-    e = rng.normal(size=(64, 33)).astype("float32")
-    t = ops.cast(rng.normal(size=(64, 33)), theta_dtype)
-    t32 = ops.convert_to_numpy(ops.cast(t, "float32"))
-    got = kernels.blend(ops.convert_to_tensor(e), t, count)
-    assert keras.backend.standardize_dtype(got.dtype) == "float32"
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(got), e + (t32 - e) / (count + 1), rtol=1e-6, atol=1e-6
-    )
+def test_blend_is_the_running_mean_step_of_every_variable(theta_dtype, count, reuse):
+    e, t, t32 = _members(count, theta_dtype)
+    got = kernels.blend([ops.convert_to_tensor(x) for x in e], t, count, reuse)
+    assert len(got) == len(SHAPES)
+    for g, a, b in zip(got, e, t32, strict=True):
+        assert keras.backend.standardize_dtype(g.dtype) == "float32"
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(g), a + (b - a) / (count + 1), rtol=1e-6, atol=1e-6
+        )
 
 
+@tensor_kernels
 def test_blend_keeps_float64():
     e = np.linspace(0, 1, 10)
     t = np.linspace(1, 3, 10)
-    got = kernels.blend(
-        ops.convert_to_tensor(e, "float64"), ops.convert_to_tensor(t, "float64"), 3
+    (got,) = kernels.blend(
+        [ops.convert_to_tensor(e, "float64")], [ops.convert_to_tensor(t, "float64")], 3
     )
     if keras.backend.backend() != "jax":  # JAX without x64 has no float64
         assert keras.backend.standardize_dtype(got.dtype) == "float64"
@@ -35,18 +53,60 @@ def test_blend_keeps_float64():
         )
 
 
-def test_exchange_returns_the_previous_value_untouched_by_later_writes():
-    v = keras.Variable(np.arange(6, dtype="float32").reshape(2, 3))
-    new = ops.convert_to_tensor(np.full((2, 3), 9, "float32"))
-    previous = kernels.exchange(v, new)
-    np.testing.assert_array_equal(ops.convert_to_numpy(v), np.full((2, 3), 9))
-    v.assign(np.zeros((2, 3), "float32"))  # in place on torch and TensorFlow
+@tensor_kernels
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_show_rounds_the_float32_blend_once(dtype):
+    e, t, t32 = _members(3, "float32")
+    dtypes = [dtype, "float32", dtype, "float32"]
+    got = kernels.show([ops.convert_to_tensor(x) for x in e], t, 4, dtypes)
+    for g, a, b, d in zip(got, e, t32, dtypes, strict=True):
+        assert keras.backend.standardize_dtype(g.dtype) == d
+        rounded = ops.cast(ops.cast(a + (b - a) / np.float32(5), d), "float32")
+        # Up to one rounding step of `d`: the float32 blend may differ from
+        # numpy's in its last bit, and that may round the other way.
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(ops.cast(g, "float32")),
+            ops.convert_to_numpy(rounded),
+            rtol={"float32": 1e-6, "bfloat16": 2**-8, "float16": 2**-11}[d],
+            atol=1e-6,
+        )
+
+
+@tensor_kernels
+def test_cast_copies():
+    values = [ops.convert_to_tensor(np.arange(6, dtype="float32")), ops.ones((2, 2))]
+    got = kernels.cast(values, ["float32", "bfloat16"])
+    np.testing.assert_array_equal(ops.convert_to_numpy(got[0]), np.arange(6))
+    assert keras.backend.standardize_dtype(got[1].dtype) == "bfloat16"
+    if keras.backend.backend() == "torch":  # JAX arrays are immutable
+        assert got[0].data_ptr() != values[0].data_ptr()
+        got[0].add_(1)
+        np.testing.assert_array_equal(ops.convert_to_numpy(values[0]), np.arange(6))
+
+
+def test_exchange_returns_the_previous_values_untouched_by_later_writes():
+    vs = [
+        keras.Variable(np.arange(6, dtype="float32").reshape(2, 3)),
+        keras.Variable(np.ones(4, "float32")),
+    ]
+    new = [
+        ops.convert_to_tensor(np.full((2, 3), 9, "float32")),
+        ops.convert_to_tensor(np.full(4, 5, "float32")),
+    ]
+    previous = kernels.exchange(vs, new)
+    np.testing.assert_array_equal(ops.convert_to_numpy(vs[0]), np.full((2, 3), 9))
+    np.testing.assert_array_equal(ops.convert_to_numpy(vs[1]), np.full(4, 5))
+    vs[0].assign(np.zeros((2, 3), "float32"))  # in place on torch and TensorFlow
     np.testing.assert_array_equal(
-        ops.convert_to_numpy(previous), np.arange(6).reshape(2, 3)
+        ops.convert_to_numpy(previous[0]), np.arange(6).reshape(2, 3)
     )
-    back = kernels.exchange(v, previous)
-    np.testing.assert_array_equal(ops.convert_to_numpy(back), np.zeros((2, 3)))
-    np.testing.assert_array_equal(ops.convert_to_numpy(v), np.arange(6).reshape(2, 3))
+    back = kernels.exchange(vs, previous)
+    np.testing.assert_array_equal(ops.convert_to_numpy(back[0]), np.zeros((2, 3)))
+    np.testing.assert_array_equal(ops.convert_to_numpy(back[1]), np.full(4, 5))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(vs[0]), np.arange(6).reshape(2, 3)
+    )
+    np.testing.assert_array_equal(ops.convert_to_numpy(vs[1]), np.ones(4))
 
 
 def test_read_is_detached():

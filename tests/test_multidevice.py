@@ -194,12 +194,15 @@ if BACKEND == "jax":
         average = aswa._average
         average.swap_in(provisional=True)
         try:
-            for _, v, saved, _ in average._saved:
-                assert saved.sharding.spec == v.value.sharding.spec, v.path
+            kept = average.held()["running"]
+            for v, saved in zip(average.variables, kept, strict=True):
+                if saved is not None:
+                    assert saved.sharding.spec == v.value.sharding.spec, v.path
         finally:
             average.swap_out()
         # So does the provisional ensemble kept for adoption (`commit`).
-        for v, kept in zip(average.variables, average._pending, strict=True):
+        pending = average.held()["provisional"]
+        for v, kept in zip(average.variables, pending, strict=True):
             if kept is not None:
                 assert kept.sharding.spec == v.value.sharding.spec, v.path
         average.discard()

@@ -43,8 +43,9 @@ class ASWA(AveragingCallback):
     Cost: one extra evaluation per epoch (of the provisional ensemble) when
     the running model's score comes from `fit`'s validation (two with the
     callback's own `validation_data`, or at step level); the weight
-    bookkeeping runs on the weights' own device, one fused pass per step,
-    and holds at most two extra copies of the averaged weights.
+    bookkeeping is one fused call over all averaged weights per step, on
+    their own device (`keras_aswa.kernels`), and holds at most two extra
+    copies of the averaged weights.
 
     Args:
         monitor: Quantity to compare, as named in the epoch logs (e.g.
