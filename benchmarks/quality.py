@@ -12,6 +12,13 @@ The UMLS timing on JAX (its plain fit is 5x faster than TensorFlow's)::
     python -m benchmarks.quality --backend jax --datasets umls --seeds 1-5 \\
         --out benchmarks/out/umls-jax
 
+The step-level study (Fashion-MNIST, its 2-epoch runs too; step-level ASWA
+every 50/100/200 batches against EMA and the rest; writes
+benchmarks/results/quality-steps.json/.md)::
+
+    python -m benchmarks.quality --steps --backend tensorflow --seeds 1-5 \\
+        --timing-repeats 2 --out benchmarks/results
+
 Smoke run (every data set, model and method; tiny data, 3 epochs; <1 min;
 writes benchmarks/out/smoke-<backend>)::
 
@@ -30,7 +37,9 @@ What is compared, per data set, model and seed (same data, seed and epochs):
 - ``swa``: ``keras_aswa.SWA`` from 50 % of the epochs on;
 - ``ema``: the optimizer's own ``use_ema=True`` (Keras' defaults, momentum
   0.99 per step; Keras swaps in the EMA of the trainable weights only);
-- ``aswa``: ``keras_aswa.ASWA``.
+- ``aswa``: ``keras_aswa.ASWA``;
+- ``aswa_n<N>`` (Fashion-MNIST): ``ASWA(update_freq=N)``, deciding every N
+  training batches on the first 20 validation batches, on val_loss.
 
 None of them changes the training trajectory, so all five are read off ONE
 training run per seed (EMA shadow on the optimizer, ASWA/SWA without
@@ -170,7 +179,9 @@ class Config:
         return "mrr" if self.is_kg else "accuracy"
 
 
-def configs(datasets, smoke: bool, steps: bool = False) -> list[Config]:
+def configs(
+    datasets, smoke: bool, steps: bool = False, step_freqs=None, only=None
+) -> list[Config]:
     """The benchmark grid, sized for a ~1 h run on 2 shared CPU cores.
 
     Epoch counts: a Fashion-MNIST CNN epoch costs ~14 s here (TensorFlow),
@@ -180,7 +191,7 @@ def configs(datasets, smoke: bool, steps: bool = False) -> list[Config]:
     (the step-level study) adds 2-epoch runs of both its models, the
     fine-tuning regime.
     """
-    freqs = SMOKE_STEP_FREQS if smoke else STEP_FREQS
+    freqs = tuple(step_freqs or (SMOKE_STEP_FREQS if smoke else STEP_FREQS))
     vsteps = SMOKE_VALIDATION_STEPS if smoke else STEP_VALIDATION_STEPS
     step = {"step_freqs": freqs, "validation_steps": vsteps}
     grid = []
@@ -216,6 +227,9 @@ def configs(datasets, smoke: bool, steps: bool = False) -> list[Config]:
             raise ValueError(f"unknown data set {ds!r}; have {DATASETS}")
     if smoke:
         grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+    if only:  # these configuration keys, in this order
+        by_key = {c.key: c for c in grid}
+        grid = [by_key[k] for k in only]
     return grid
 
 
@@ -821,6 +835,8 @@ def run(
     timing_repeats: int = 3,
     command: str | None = None,
     steps: bool = False,
+    step_freqs=None,
+    only=None,
 ) -> dict:
     """Runs the benchmark; writes quality.json, quality.md and the plots.
 
@@ -838,9 +854,9 @@ def run(
             DistMult only in smoke mode).
     """
     started = time.perf_counter()
-    grid = configs(datasets, smoke, steps)
+    grid = configs(datasets, smoke, steps, step_freqs, only)
     stem = "quality-steps" if steps else "quality"
-    first_step = step_method((SMOKE_STEP_FREQS if smoke else STEP_FREQS)[0])
+    first_step = next((step_method(c.step_freqs[0]) for c in grid if c.step_freqs), "")
     if verify is None and steps:
         verify = {"fashion_mnist/mlp-2ep": ("aswa", first_step)}
     elif verify is None:
@@ -1554,7 +1570,24 @@ def report(out: Path, include: list[str], steps: bool = False) -> dict:
     quality-steps.md from quality-steps.json (nothing merged).
     """
     if steps:
+        # Configurations of other runs (e.g. the long ones, run apart) join.
         result = json.loads((out / "quality-steps.json").read_text())
+        for path in include:
+            res = json.loads(Path(path).read_text())
+            result["configs"].update(res["configs"])
+            result.setdefault("other_runs", []).append(
+                {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
+                | {
+                    "configs": list(res["configs"]),
+                    "load_average_at_start": res["environment"][
+                        "load_average_at_start"
+                    ],
+                    "load_average_at_end": res["environment"].get(
+                        "load_average_at_end"
+                    ),
+                }
+            )
+        write_json(result, out / "quality-steps.json")
         (out / "quality-steps.md").write_text(render_steps_markdown(result, out))
         return result
     result = json.loads((out / "quality.json").read_text())
@@ -1619,6 +1652,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--report", action="store_true", help="re-render OUT/quality.md only"
     )
     parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated configuration keys to run, in this order "
+        "(e.g. fashion_mnist/cnn,fashion_mnist/mlp)",
+    )
+    parser.add_argument(
+        "--step-freqs",
+        default=None,
+        help="comma-separated N of the step-level ASWAs (default 50,100,200)",
+    )
+    parser.add_argument(
         "--steps",
         action="store_true",
         help="the step-level study: Fashion-MNIST only (default), plus 2-epoch "
@@ -1657,6 +1701,12 @@ def main(argv: list[str] | None = None) -> dict:
         img_dir=args.img_dir or out / "img",
         timing_repeats=args.timing_repeats,
         steps=args.steps,
+        step_freqs=(
+            tuple(int(n) for n in args.step_freqs.split(","))
+            if args.step_freqs
+            else None
+        ),
+        only=args.only.split(",") if args.only else None,
         command="python -m benchmarks.quality "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     )
