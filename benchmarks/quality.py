@@ -1350,7 +1350,9 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     )
     entries = result["configs"]
     some = Config(**next(iter(entries.values()))["config"]) if entries else None
-    freqs = list(some.step_freqs) if some else []
+    freqs = sorted(
+        {n for e in entries.values() for n in Config(**e["config"]).step_freqs}
+    )
     vsteps = some.validation_steps if some else None
     lines = [
         "# Quality: step-level ASWA vs EMA, epoch-level ASWA, SWA, early stopping",
@@ -1365,6 +1367,13 @@ def render_steps_markdown(result: dict, out: Path) -> str:
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "- raw per-seed numbers, step-level decisions and check times: "
         "`quality-steps.json`",
+        *(
+            f"- {', '.join(o['configs'])}: from a separate run, `{o['command']}`, "
+            f"seeds {o['seeds']}, {o['runtime_seconds'] / 60:.1f} min, {o['date']} "
+            f"(load average {o['load_average_at_start']} at start, "
+            f"{o.get('load_average_at_end') or '?'} at end)"
+            for o in result.get("other_runs", [])
+        ),
         "",
         "## Set-up",
         "",
@@ -1376,7 +1385,8 @@ def render_steps_markdown(result: dict, out: Path) -> str:
         f'**step-level ASWA** `ASWA(update_freq=N, monitor="{STEP_MONITOR}", '
         "validation_data=(x_val, y_val), "
         f"validation_steps={vsteps}, restore_best=False)` for N = "
-        f"{', '.join(map(str, freqs))} training batches (an epoch is 422 batches).",
+        f"{', '.join(map(str, freqs))} training batches (an epoch is 422 batches; "
+        "which N each configuration has: its table).",
         "",
         f"- Each check scores the running and the provisional model on the first "
         f"{vsteps} batches of 32 of the validation split "
@@ -1404,7 +1414,11 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     ]
     if not entries:
         return "\n".join(lines) + "\n"
-    methods = some.methods
+    methods = []  # every configuration's methods, in order
+    for entry in entries.values():
+        for m in Config(**entry["config"]).methods:
+            if m not in methods:
+                methods.append(m)
     variants = [m for m in methods if m == "aswa" or m not in METHODS]
     lines += [
         "| configuration | "
@@ -1416,12 +1430,20 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     ]
     for key, entry in entries.items():
         s = entry["summary"]
-        means = [s["methods"][m]["accuracy"]["mean"] for m in methods]
-        top = max(means)
+        means = [
+            s["methods"].get(m, {}).get("accuracy", {}).get("mean") for m in methods
+        ]
+        top = max(x for x in means if x is not None)
         cells = [
-            (f"**{100 * x:.2f}**" if x == top else f"{100 * x:.2f}") for x in means
+            "–"
+            if x is None
+            else (f"**{100 * x:.2f}**" if x == top else f"{100 * x:.2f}")
+            for x in means
         ]
         for m in variants:
+            if m not in s["vs_ema"]:
+                cells.append("–")
+                continue
             h = s["vs_ema"][m]["accuracy"]
             cells.append(
                 f"{h['wins']}/{h['ties']}/{h['losses']} ({_fmt_p(h['wilcoxon_p'])})"
@@ -1431,7 +1453,7 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     short = []
     for key, entry in entries.items():
         s = entry["summary"]
-        for m in variants:
+        for m in s["vs_ema"]:
             h = s["vs_ema"][m]["accuracy"]
             if h["mean_diff"] < 0:
                 short.append(
@@ -1447,6 +1469,7 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     for key, entry in entries.items():
         cfg = Config(**entry["config"])
         s = entry["summary"]
+        methods, variants = cfg.methods, ["aswa", *cfg.methods[len(METHODS) :]]
         sizes = ", ".join(f"{k} {n}" for k, n in entry["data_sizes"].items())
         lines += [
             f"## {key}",
