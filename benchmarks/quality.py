@@ -1597,7 +1597,24 @@ def report(out: Path, include: list[str], steps: bool = False) -> dict:
         result = json.loads((out / "quality-steps.json").read_text())
         for path in include:
             res = json.loads(Path(path).read_text())
-            result["configs"].update(res["configs"])
+            for key, entry in res["configs"].items():
+                mine = result["configs"].get(key)
+                if mine is None:
+                    result["configs"][key] = entry
+                    continue
+                # More seeds of a configuration: records join, by seed.
+                if mine["config"] != entry["config"]:
+                    raise ValueError(f"{path}: {key} was run with other settings")
+                seeds = {r["seed"] for r in mine["records"]}
+                mine["records"] += [
+                    r for r in entry["records"] if r["seed"] not in seeds
+                ]
+                mine["records"].sort(key=lambda r: r["seed"])
+                cfg = Config(**mine["config"])
+                mine["summary"] = summarize(
+                    mine["records"], metric_names(cfg), cfg.methods
+                )
+                mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
             result.setdefault("other_runs", []).append(
                 {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
                 | {
