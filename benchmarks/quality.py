@@ -12,6 +12,13 @@ The UMLS timing on JAX (its plain fit is 5x faster than TensorFlow's)::
     python -m benchmarks.quality --backend jax --datasets umls --seeds 1-5 \\
         --out benchmarks/out/umls-jax
 
+The step-level study (Fashion-MNIST, its 2-epoch runs too; step-level ASWA
+every 50/100/200 batches against EMA and the rest; writes
+benchmarks/results/quality-steps.json/.md)::
+
+    python -m benchmarks.quality --steps --backend tensorflow --seeds 1-5 \\
+        --timing-repeats 2 --out benchmarks/results
+
 Smoke run (every data set, model and method; tiny data, 3 epochs; <1 min;
 writes benchmarks/out/smoke-<backend>)::
 
@@ -30,7 +37,9 @@ What is compared, per data set, model and seed (same data, seed and epochs):
 - ``swa``: ``keras_aswa.SWA`` from 50 % of the epochs on;
 - ``ema``: the optimizer's own ``use_ema=True`` (Keras' defaults, momentum
   0.99 per step; Keras swaps in the EMA of the trainable weights only);
-- ``aswa``: ``keras_aswa.ASWA``.
+- ``aswa``: ``keras_aswa.ASWA``;
+- ``aswa_n<N>`` (Fashion-MNIST): ``ASWA(update_freq=N)``, deciding every N
+  training batches on the first 20 validation batches, on val_loss.
 
 None of them changes the training trajectory, so all five are read off ONE
 training run per seed (EMA shadow on the optimizer, ASWA/SWA without
@@ -85,6 +94,7 @@ from benchmarks.datasets import (  # noqa: E402
 )
 from benchmarks.machine import code_version, cpu_model  # noqa: E402
 from keras_aswa import ASWA, SWA, plot_history  # noqa: E402
+from keras_aswa.scoring import DataValidation  # noqa: E402
 
 METHODS = ("last", "early_stopping", "swa", "ema", "aswa")
 METHOD_LABELS = {
@@ -94,6 +104,30 @@ METHOD_LABELS = {
     "ema": "optimizer EMA (use_ema=True)",
     "aswa": "ASWA",
 }
+# Step-level ASWA (`update_freq=N`): a Fashion-MNIST epoch is 422 batches of
+# 128, so N = 50 / 100 / 200 decide ~8 / 4 / 2 times an epoch. Each check
+# scores the running and the provisional model on the first 20 batches of 32
+# (640 of the 6000 validation images), on val_loss: at 640 images accuracy
+# moves in steps of 1/640 and ties (which never win) are frequent, while the
+# loss is continuous.
+STEP_FREQS = (50, 100, 200)
+STEP_VALIDATION_STEPS = 20
+STEP_MONITOR = "val_loss"
+# Smoke: 4 batches an epoch, 128 validation images.
+SMOKE_STEP_FREQS = (2, 5)
+SMOKE_VALIDATION_STEPS = 2
+
+
+def step_method(n: int) -> str:
+    return f"aswa_n{n}"
+
+
+def method_label(method: str) -> str:
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    return f"step ASWA, every {method.removeprefix('aswa_n')} batches"
+
+
 IMAGE_DATASETS = ("fashion_mnist", "digits")
 KG_DATASETS = ("umls", "nations")
 DATASETS = IMAGE_DATASETS + KG_DATASETS
@@ -119,10 +153,21 @@ class Config:
     learning_rate: float
     monitor: str  # what ASWA and early stopping compare
     mode: str
+    # Step-level ASWA read off the same run: every N training batches, on
+    # the first `validation_steps` batches (of 32) of the validation split.
+    step_freqs: tuple[int, ...] = ()
+    validation_steps: int | None = None
+    variant: str = ""  # e.g. "2ep": a second configuration of one model
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}/{self.model}"
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"{self.dataset}/{self.model}{suffix}"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """What is read off this configuration's runs."""
+        return METHODS + tuple(step_method(n) for n in self.step_freqs)
 
     @property
     def is_kg(self) -> bool:
@@ -134,20 +179,43 @@ class Config:
         return "mrr" if self.is_kg else "accuracy"
 
 
-def configs(datasets, smoke: bool) -> list[Config]:
+def configs(
+    datasets, smoke: bool, steps: bool = False, step_freqs=None, only=None
+) -> list[Config]:
     """The benchmark grid, sized for a ~1 h run on 2 shared CPU cores.
 
     Epoch counts: a Fashion-MNIST CNN epoch costs ~14 s here (TensorFlow),
     so 15 epochs; the MLPs and graphs are cheap. The graphs use the
     reference (dicee) setting. Smoke: 3 epochs, so that SWA averages 2.
+    Fashion-MNIST also reads off step-level ASWA (`STEP_FREQS`); `steps`
+    (the step-level study) adds 2-epoch runs of both its models, the
+    fine-tuning regime.
     """
+    freqs = tuple(step_freqs or (SMOKE_STEP_FREQS if smoke else STEP_FREQS))
+    vsteps = SMOKE_VALIDATION_STEPS if smoke else STEP_VALIDATION_STEPS
+    step = {"step_freqs": freqs, "validation_steps": vsteps}
     grid = []
     for ds in datasets:
         if ds == "fashion_mnist":
             grid += [
-                Config(ds, "mlp", 20, 128, 1e-3, "val_accuracy", "max"),
-                Config(ds, "cnn", 15, 128, 1e-3, "val_accuracy", "max"),
+                Config(ds, "mlp", 20, 128, 1e-3, "val_accuracy", "max", **step),
+                Config(ds, "cnn", 15, 128, 1e-3, "val_accuracy", "max", **step),
             ]
+            if steps:  # the cheap 2-epoch runs first
+                grid[-2:-2] = [
+                    Config(
+                        ds,
+                        m,
+                        2,
+                        128,
+                        1e-3,
+                        "val_accuracy",
+                        "max",
+                        **step,
+                        variant="2ep",
+                    )
+                    for m in ("mlp", "cnn")
+                ]
         elif ds == "digits":
             grid.append(Config(ds, "mlp", 100, 32, 1e-3, "val_accuracy", "max"))
         elif ds in KG_DATASETS:
@@ -158,7 +226,10 @@ def configs(datasets, smoke: bool) -> list[Config]:
         else:
             raise ValueError(f"unknown data set {ds!r}; have {DATASETS}")
     if smoke:
-        grid = [Config(**{**asdict(c), "epochs": 3}) for c in grid]
+        grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+    if only:  # these configuration keys, in this order
+        by_key = {c.key: c for c in grid}
+        grid = [by_key[k] for k in only]
     return grid
 
 
@@ -366,6 +437,61 @@ def make_aswa(cfg: Config, data: dict, restore: bool) -> ASWA:
     return ASWA(monitor=cfg.monitor, mode=cfg.mode, restore_best=restore)
 
 
+class TimedASWA(ASWA):
+    """ASWA that adds up the wall time of its decisions (`_act`: scoring,
+    bookkeeping, the step counter's check), for the per-check cost."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.check_seconds = []
+
+    def _act(self, epoch, step, logs):
+        start = time.perf_counter()
+        super()._act(epoch, step, logs)
+        self.check_seconds.append(time.perf_counter() - start)
+
+
+def make_step_aswa(cfg: Config, data: dict, n: int, restore: bool) -> ASWA:
+    """ASWA every `n` training batches on the validation split's first
+    `cfg.validation_steps` batches (of 32)."""
+    return TimedASWA(
+        monitor=STEP_MONITOR,
+        mode="min",
+        validation_data=(data["x_val"], data["y_val"]),
+        validation_steps=cfg.validation_steps,
+        update_freq=n,
+        restore_best=restore,
+    )
+
+
+def eval_seconds(cfg: Config, data: dict, model, repeats: int = 5) -> float:
+    """Median wall time of one evaluation of `validation_steps` batches, as a
+    step-level check runs it (after one warm-up call)."""
+    scorer = DataValidation(
+        STEP_MONITOR, (data["x_val"], data["y_val"]), steps=cfg.validation_steps
+    )
+    scorer.current(model)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scorer.current(model)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _step_record(cb: ASWA) -> dict:
+    decisions = [h["decision"] for h in cb.history]
+    secs = getattr(cb, "check_seconds", [])
+    return {
+        "size": cb.ensemble_size,
+        "checks": len(cb.history),
+        "decisions": {d: decisions.count(d) for d in sorted(set(decisions))},
+        "best_score": _round(cb.best_score),
+        "check_seconds_total": round(float(np.sum(secs)), 4),
+        "check_seconds_median": round(float(np.median(secs)), 5) if secs else None,
+    }
+
+
 def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]:
     """One training run; every method read off it.
 
@@ -379,8 +505,12 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
     swa = SWA(start_from_epoch=0.5, restore=False)
     best = BestSnapshot(cfg.monitor, cfg.mode)
     last = LastWeights()
+    steps = {
+        step_method(n): make_step_aswa(cfg, data, n, restore=False)
+        for n in cfg.step_freqs
+    }
     # ASWA first: with score_fn it logs val_mrr for BestSnapshot.
-    seconds = fit(cfg, data, model, [aswa, swa, best, last])
+    seconds = fit(cfg, data, model, [aswa, swa, best, last, *steps.values()])
     weights = {
         "last": last.weights,
         "early_stopping": best.best_weights,
@@ -389,9 +519,11 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         # the last running non-trainable ones), exactly as Keras leaves it.
         "ema": model.get_weights(),
         "aswa": aswa.ensemble_weights(),
+        **{m: cb.ensemble_weights() for m, cb in steps.items()},
     }
+    eval_s = eval_seconds(cfg, data, model) if steps else None
     metrics = {}
-    for method in METHODS:
+    for method in cfg.methods:
         model.set_weights(weights[method])
         metrics[method] = evaluate(cfg, data, model)
     decisions = [h["decision"] for h in aswa.history]
@@ -405,6 +537,9 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         "aswa_decisions": {d: decisions.count(d) for d in sorted(set(decisions))},
         "aswa_history": _columns(aswa.history),
     }
+    if steps:
+        record["step_aswa"] = {m: _step_record(cb) for m, cb in steps.items()}
+        record["eval_seconds"] = round(eval_s, 5)
     return record, weights, aswa, swa.history[0]["epoch"]
 
 
@@ -463,6 +598,10 @@ def verify_read_off(
         ),
         "swa": lambda: [SWA(start_from_epoch=0.5)],
         "aswa": lambda: [make_aswa(cfg, data, restore=True)],
+        **{
+            step_method(n): (lambda n=n: [make_step_aswa(cfg, data, n, restore=True)])
+            for n in cfg.step_freqs
+        },
     }
     out = {}
     for method in methods:
@@ -514,12 +653,54 @@ def time_kg(
     return out
 
 
+def time_steps(cfg: Config, data: dict, seed: int, repeats: int) -> dict:
+    """Wall time of a plain fit against a fit with one step-level ASWA, for
+    each N (fresh models, no EMA, fit's own validation in all; runs
+    alternate; the median is reported)."""
+    variants = {"plain": lambda: []}
+    for n in cfg.step_freqs:
+        variants[step_method(n)] = lambda n=n: [
+            make_step_aswa(cfg, data, n, restore=True)
+        ]
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, callbacks in variants.items():
+            model = build_model(cfg, data, seed, ema=False)
+            times[name].append(round(fit(cfg, data, model, callbacks()), 3))
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        "seconds": times,
+        "median": median,
+        "over_plain": {k: median[k] / median["plain"] for k in variants},
+    }
+
+
 # --------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------
 
 
-def summarize(records: list[dict], metric_names) -> dict:
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """W/T/L of `a` against `b` seed by seed, mean difference, Wilcoxon p."""
+    diff = a - b
+    if len(diff) < 2:
+        p = None
+    elif not np.any(diff):
+        p = 1.0
+    else:
+        from scipy.stats import wilcoxon
+
+        p = float(wilcoxon(diff).pvalue)
+    return {
+        "wins": int(np.sum(diff > 0)),
+        "ties": int(np.sum(diff == 0)),
+        "losses": int(np.sum(diff < 0)),
+        "mean_diff": float(diff.mean()),
+        "wilcoxon_p": p,
+    }
+
+
+def summarize(records: list[dict], metric_names, methods=METHODS) -> dict:
     """Mean and std per method; ASWA's paired comparison on each metric.
 
     Std is the sample std (ddof=1). Wins/ties/losses compare ASWA with the
@@ -527,35 +708,31 @@ def summarize(records: list[dict], metric_names) -> dict:
     scipy's two-sided Wilcoxon signed-rank test on the paired differences
     (zero differences dropped); None with fewer than 2 seeds, 1.0 when all
     differences are zero. With 5 seeds the smallest possible p is 0.0625.
+    With step-level methods, `vs_ema` holds the same comparison of every
+    ASWA variant (epoch and step level) against EMA.
     """
-    from scipy.stats import wilcoxon
-
     out = {"n_seeds": len(records), "methods": {}}
-    for method in METHODS:
+
+    def values(method, name):
+        return np.array([r["metrics"][method][name] for r in records], float)
+
+    for method in methods:
         entry = {}
         for name in metric_names:
-            values = np.array([r["metrics"][method][name] for r in records], float)
+            v = values(method, name)
             entry[name] = {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             }
             if method != "aswa":
-                aswa = np.array([r["metrics"]["aswa"][name] for r in records], float)
-                diff = aswa - values
-                if len(diff) < 2:
-                    p = None
-                elif not np.any(diff):
-                    p = 1.0
-                else:
-                    p = float(wilcoxon(diff).pvalue)
-                entry[name].update(
-                    wins=int(np.sum(diff > 0)),
-                    ties=int(np.sum(diff == 0)),
-                    losses=int(np.sum(diff < 0)),
-                    mean_diff=float(diff.mean()),
-                    wilcoxon_p=p,
-                )
+                entry[name].update(_paired(values("aswa", name), v))
         out["methods"][method] = entry
+    if len(methods) > len(METHODS):
+        out["vs_ema"] = {
+            m: {n: _paired(values(m, n), values("ema", n)) for n in metric_names}
+            for m in methods
+            if m == "aswa" or m not in METHODS
+        }
     return out
 
 
@@ -657,8 +834,16 @@ def run(
     verify: dict | None = None,
     timing_repeats: int = 3,
     command: str | None = None,
+    steps: bool = False,
+    step_freqs=None,
+    only=None,
 ) -> dict:
     """Runs the benchmark; writes quality.json, quality.md and the plots.
+
+    With `steps` (the step-level study): the Fashion-MNIST configurations
+    plus their 2-epoch runs, no plots, quality-steps.json/.md instead; its
+    read-off check covers epoch- and step-level ASWA on the 2-epoch MLP,
+    and a plain fit is timed against one with each step-level ASWA there.
 
     Args:
         verify: Config key ("umls/distmult") -> methods whose read-off is
@@ -669,13 +854,22 @@ def run(
             DistMult only in smoke mode).
     """
     started = time.perf_counter()
-    grid = configs(datasets, smoke)
-    if verify is None:
-        # Smoke: SWA on both scoring paths (fit's validation, score_fn),
-        # kept short; a full run checks every method.
+    grid = configs(datasets, smoke, steps, step_freqs, only)
+    stem = "quality-steps" if steps else "quality"
+    first_step = next((step_method(c.step_freqs[0]) for c in grid if c.step_freqs), "")
+    if verify is None and steps:
+        verify = {"fashion_mnist/mlp-2ep": ("aswa", first_step)}
+    elif verify is None:
+        # Smoke: SWA on both scoring paths (fit's validation, score_fn) and
+        # one step-level ASWA, kept short; a full run checks every method.
         methods = ("swa",) if smoke else METHODS
-        verify = {"digits/mlp": methods, "umls/distmult": methods}
+        verify = {
+            "digits/mlp": methods,
+            "umls/distmult": methods,
+            "fashion_mnist/mlp": (first_step,),
+        }
     timed = ("umls/distmult",) if smoke else ("umls/distmult", "umls/complex")
+    timed_steps = ("fashion_mnist/mlp-2ep",) if steps else ()
     result = {
         "smoke": smoke,
         "command": command or " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
@@ -684,6 +878,8 @@ def run(
         "seeds": seeds,
         "configs": {},
     }
+    if steps:
+        result["study"] = "steps"
     out.mkdir(parents=True, exist_ok=True)
     cache = {}
     for cfg in grid:
@@ -705,10 +901,26 @@ def run(
                 + ", ".join(f"{k} {m[k][cfg.metric]:.4f}" for k in METHODS)
                 + f" ({record['fit_seconds']:.1f} s, ASWA {record['aswa_decisions']})"
             )
+            if "step_aswa" in record:
+                log(
+                    f"{cfg.key} seed {seed} step-level: "
+                    + ", ".join(
+                        f"{k} {m[k][cfg.metric]:.4f} ({v['checks']} checks, "
+                        f"{v['check_seconds_total']:.1f} s, {v['decisions']})"
+                        for k, v in record["step_aswa"].items()
+                    )
+                    + f"; one evaluation {record['eval_seconds'] * 1e3:.0f} ms"
+                )
             if i == 0:
-                png = img_dir / f"quality_{cfg.dataset}_{cfg.model}.png"
-                plot_run(cfg, aswa, record, swa_start, png, 50 if smoke else 100)
-                entry["plot"] = str(png)
+                if not steps:
+                    png = img_dir / f"quality_{cfg.key.replace('/', '_')}.png"
+                    plot_run(cfg, aswa, record, swa_start, png, 50 if smoke else 100)
+                    entry["plot"] = str(png)
+                if cfg.key in timed_steps:
+                    entry["step_timing"] = time_steps(
+                        cfg, data, seed, 1 if smoke else timing_repeats
+                    )
+                    log(f"{cfg.key} step timing: {entry['step_timing']['median']}")
                 if cfg.key in verify:
                     entry["verification"] = verify_read_off(
                         cfg, data, seed, weights, verify[cfg.key]
@@ -720,18 +932,22 @@ def run(
                     )
                     log(f"{cfg.key} timing: {entry['timing']['median']}")
             del weights, aswa
-        entry["summary"] = summarize(entry["records"], metric_names(cfg))
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
-        result["configs"][cfg.key] = entry
-        result["runtime_seconds"] = round(time.perf_counter() - started, 1)
-        write_json(result, out / "quality.json")  # partial results survive
+            # Partial results survive, seed by seed.
+            entry["summary"] = summarize(
+                entry["records"], metric_names(cfg), cfg.methods
+            )
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
+            result["configs"][cfg.key] = entry
+            result["runtime_seconds"] = round(time.perf_counter() - started, 1)
+            write_json(result, out / f"{stem}.json")
     result["environment"]["load_average_at_end"] = [
         round(x, 2) for x in os.getloadavg()
     ]
     result["runtime_seconds"] = round(time.perf_counter() - started, 1)
-    write_json(result, out / "quality.json")
-    (out / "quality.md").write_text(render_markdown(result, out))
-    log(f"done in {result['runtime_seconds']:.0f} s; wrote {out / 'quality.md'}")
+    write_json(result, out / f"{stem}.json")
+    render = render_steps_markdown if steps else render_markdown
+    (out / f"{stem}.md").write_text(render(result, out))
+    log(f"done in {result['runtime_seconds']:.0f} s; wrote {out / f'{stem}.md'}")
     return result
 
 
@@ -1119,12 +1335,301 @@ def _smoke_section(result: dict) -> list[str]:
     return lines + [""] + notes + [""]
 
 
-def report(out: Path, include: list[str]) -> dict:
+def _step_n(method: str) -> int | None:
+    return int(method.removeprefix("aswa_n")) if method.startswith("aswa_n") else None
+
+
+def render_steps_markdown(result: dict, out: Path) -> str:
+    """quality-steps.md: step-level ASWA against EMA and the other methods."""
+    env = result["environment"]
+    v = env["versions"]
+    kind = (
+        "SMOKE run (tiny data, <= 3 epochs: not quality results)"
+        if result["smoke"]
+        else "full run"
+    )
+    entries = result["configs"]
+    some = Config(**next(iter(entries.values()))["config"]) if entries else None
+    freqs = sorted(
+        {n for e in entries.values() for n in Config(**e["config"]).step_freqs}
+    )
+    vsteps = some.validation_steps if some else None
+    lines = [
+        "# Quality: step-level ASWA vs EMA, epoch-level ASWA, SWA, early stopping",
+        "",
+        f"{kind}; backend **{env['backend']}**; seeds {result['seeds']}; "
+        f"{result['date']}; runtime {result['runtime_seconds'] / 60:.1f} min.",
+        "",
+        f"- command: `{result['command']}`",
+        f"- machine: {env['nproc']} cores ({env['cpu']}), {env['platform']}; shared "
+        f"with other jobs (load average {env['load_average_at_start']} at start, "
+        f"{env.get('load_average_at_end', '?')} at end)",
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- raw per-seed numbers, step-level decisions and check times: "
+        "`quality-steps.json`",
+        *(
+            f"- {', '.join(o['configs'])}: from a separate run, `{o['command']}`, "
+            f"seeds {o['seeds']}, {o['runtime_seconds'] / 60:.1f} min, {o['date']} "
+            f"(load average {o['load_average_at_start']} at start, "
+            f"{o.get('load_average_at_end') or '?'} at end)"
+            for o in result.get("other_runs", [])
+        ),
+        "",
+        "## Set-up",
+        "",
+        "The set-up of the quality benchmark (`quality.md`): Fashion-MNIST, the same "
+        "MLP and BatchNorm CNN, Adam 1e-3 constant, batch 128, validation 10 % of "
+        "the training data; every method of a seed is read off **one** training run "
+        "(the optimizer has `use_ema=True`; no callback changes the trajectory, see "
+        "the read-off check). Added to that run: "
+        f'**step-level ASWA** `ASWA(update_freq=N, monitor="{STEP_MONITOR}", '
+        "validation_data=(x_val, y_val), "
+        f"validation_steps={vsteps}, restore_best=False)` for N = "
+        f"{', '.join(map(str, freqs))} training batches (an epoch is 422 batches; "
+        "which N each configuration has: its table).",
+        "",
+        f"- Each check scores the running and the provisional model on the first "
+        f"{vsteps} batches of 32 of the validation split "
+        f"({vsteps * 32 if vsteps else '?'} images, the same ones at every "
+        "check). Monitor `val_loss`: at that size "
+        "accuracy moves in steps of one image and ties (never an improvement) are "
+        "common, while the loss is continuous.",
+        "- Epoch-level ASWA (`aswa`), early stopping: `val_accuracy` on the whole "
+        "validation split at each epoch end, as in `quality.md`. SWA from 50 % of "
+        "the epochs (in a 2-epoch run: the last epoch only, so SWA = last). EMA: "
+        "Keras' `use_ema=True` defaults (momentum 0.99 per step, trainable "
+        "weights only).",
+        "- `-2ep`: the same model trained for 2 epochs (the fine-tuning regime of "
+        "one to three epochs; epoch-level ASWA then has 2 decisions).",
+        "- Numbers in %, mean ± sample std over seeds. **W/T/L vs EMA**: seeds where "
+        "the method's test accuracy is higher / equal / lower than EMA's; Wilcoxon: "
+        "two-sided signed-rank test on the paired differences (scipy); with 5 seeds "
+        "the smallest attainable p is 0.0625.",
+        "",
+        "## Overview",
+        "",
+        "Test accuracy (%), mean over seeds; then each ASWA variant against EMA: "
+        "W/T/L (Wilcoxon p).",
+        "",
+    ]
+    if not entries:
+        return "\n".join(lines) + "\n"
+    methods = []  # every configuration's methods, in order
+    for entry in entries.values():
+        for m in Config(**entry["config"]).methods:
+            if m not in methods:
+                methods.append(m)
+    variants = [m for m in methods if m == "aswa" or m not in METHODS]
+    lines += [
+        "| configuration | "
+        + " | ".join(methods)
+        + " | "
+        + " | ".join(f"{m} vs ema" for m in variants)
+        + " |",
+        "|---|" + "---|" * (len(methods) + len(variants)),
+    ]
+    for key, entry in entries.items():
+        s = entry["summary"]
+        means = [
+            s["methods"].get(m, {}).get("accuracy", {}).get("mean") for m in methods
+        ]
+        top = max(x for x in means if x is not None)
+        cells = [
+            "–"
+            if x is None
+            else (f"**{100 * x:.2f}**" if x == top else f"{100 * x:.2f}")
+            for x in means
+        ]
+        for m in variants:
+            if m not in s["vs_ema"]:
+                cells.append("–")
+                continue
+            h = s["vs_ema"][m]["accuracy"]
+            cells.append(
+                f"{h['wins']}/{h['ties']}/{h['losses']} ({_fmt_p(h['wilcoxon_p'])})"
+            )
+        lines.append(f"| {key} ({s['n_seeds']} seeds) | " + " | ".join(cells) + " |")
+    lines.append("")
+    short = []
+    for key, entry in entries.items():
+        s = entry["summary"]
+        for m in s["vs_ema"]:
+            h = s["vs_ema"][m]["accuracy"]
+            if h["mean_diff"] < 0:
+                short.append(
+                    f"- {key}: {method_label(m)} below EMA by "
+                    f"{-100 * h['mean_diff']:.2f} points (W/T/L {h['wins']}/"
+                    f"{h['ties']}/{h['losses']}, p {_fmt_p(h['wilcoxon_p'])})"
+                )
+    lines += (
+        ["Where an ASWA variant's mean test accuracy is below EMA's:", "", *short, ""]
+        if short
+        else ["Every ASWA variant's mean test accuracy is at least EMA's.", ""]
+    )
+    for key, entry in entries.items():
+        cfg = Config(**entry["config"])
+        s = entry["summary"]
+        methods, variants = cfg.methods, ["aswa", *cfg.methods[len(METHODS) :]]
+        sizes = ", ".join(f"{k} {n}" for k, n in entry["data_sizes"].items())
+        lines += [
+            f"## {key}",
+            "",
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.learning_rate:g}; "
+            f"data: {sizes}; {s['n_seeds']} seeds; {entry['seconds'] / 60:.1f} min.",
+            "",
+            "| method | test accuracy | val accuracy | W/T/L vs EMA "
+            "| mean Δ (method − EMA) | Wilcoxon p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in methods:
+            sm = s["methods"][m]
+            cells = [_mean_std(sm["accuracy"], 100), _mean_std(sm["val"], 100)]
+            if m == "ema":
+                cells += ["", "", ""]
+            else:
+                h = (
+                    s["vs_ema"][m]["accuracy"]
+                    if m in s["vs_ema"]
+                    else _paired(
+                        np.array(
+                            [r["metrics"][m]["accuracy"] for r in entry["records"]]
+                        ),
+                        np.array(
+                            [r["metrics"]["ema"]["accuracy"] for r in entry["records"]]
+                        ),
+                    )
+                )
+                cells += [
+                    f"{h['wins']}/{h['ties']}/{h['losses']}",
+                    f"{100 * h['mean_diff']:+.2f}",
+                    _fmt_p(h["wilcoxon_p"]),
+                ]
+            label = f"**{method_label(m)}**" if m in variants else method_label(m)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        recs = entry["records"]
+        for m in variants:
+            if m == "aswa":
+                sizes_ = [r["aswa_size"] for r in recs]
+                dec = [r["aswa_decisions"] for r in recs]
+            else:
+                sizes_ = [r["step_aswa"][m]["size"] for r in recs]
+                dec = [r["step_aswa"][m]["decisions"] for r in recs]
+            counts = {
+                d: [x.get(d, 0) for x in dec]
+                for d in ("init", "hard", "soft", "reject")
+            }
+            lines.append(
+                f"- {method_label(m)}: final ensemble sizes {sizes_}; hard "
+                f"{counts['hard']}, soft {counts['soft']}, reject "
+                f"{counts['reject']} per seed."
+            )
+        lines.append("")
+    lines += _steps_cost_section(result)
+    lines += _verification_section(result)
+    return "\n".join(lines) + "\n"
+
+
+def _steps_cost_section(result: dict) -> list[str]:
+    lines = [
+        "## Cost",
+        "",
+        "From the shared runs: the time each step-level ASWA spent in its checks "
+        "(its `_act`: both evaluations and the bookkeeping, timed around the "
+        "call), mean over seeds, as a share of the shared fit's wall time (which "
+        "includes every callback and EMA); the median check as a multiple of one "
+        "evaluation of the same validation batches (`evaluate(..., steps=K)`, "
+        "median of 5 after the run). A check evaluates twice (running and "
+        "provisional model; once for the first).",
+        "",
+        "| configuration | method | checks | fit (s) | in checks (s) | share of "
+        "fit | median check (ms) | one evaluation (ms) | check / evaluation |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, entry in result["configs"].items():
+        recs = entry["records"]
+        if not recs or "step_aswa" not in recs[0]:
+            continue
+        fit_s = float(np.mean([r["fit_seconds"] for r in recs]))
+        ev = float(np.mean([r["eval_seconds"] for r in recs]))
+        for m in recs[0]["step_aswa"]:
+            rows = [r["step_aswa"][m] for r in recs]
+            total = float(np.mean([x["check_seconds_total"] for x in rows]))
+            med = float(np.mean([x["check_seconds_median"] or 0.0 for x in rows]))
+            checks = float(np.mean([x["checks"] for x in rows]))
+            lines.append(
+                f"| {key} | {m} | {checks:.0f} | {fit_s:.1f} | {total:.1f} | "
+                f"{100 * total / fit_s:.1f} % | {1e3 * med:.1f} | {1e3 * ev:.1f} | "
+                f"{med / ev:.1f}x |"
+            )
+    lines.append("")
+    for key, entry in result["configs"].items():
+        t = entry.get("step_timing")
+        if not t:
+            continue
+        lines += [
+            f"Separate timing on {key}, seed {result['seeds'][0]}: fresh model per "
+            "fit, no EMA, fit's own validation every epoch in all; a plain fit "
+            "against one with a single step-level ASWA (restoring); median of "
+            f"{len(t['seconds']['plain'])} alternating runs (s); the machine is "
+            "shared, so differences of a few % are noise.",
+            "",
+            "| fit | median (s) | / plain | all runs (s) |",
+            "|---|---|---|---|",
+        ]
+        for k, med in t["median"].items():
+            lines.append(
+                f"| {k} | {med:.1f} | {t['over_plain'][k]:.2f}x | {t['seconds'][k]} |"
+            )
+        lines.append("")
+    return lines
+
+
+def report(out: Path, include: list[str], steps: bool = False) -> dict:
     """Re-renders quality.md from quality.json, merging other runs.
 
     Smoke runs go to the smoke section; full runs on other backends (e.g.
-    UMLS timings) to the dicee comparison.
+    UMLS timings) to the dicee comparison. `steps`: re-renders
+    quality-steps.md from quality-steps.json (nothing merged).
     """
+    if steps:
+        # Configurations of other runs (e.g. the long ones, run apart) join.
+        result = json.loads((out / "quality-steps.json").read_text())
+        for path in include:
+            res = json.loads(Path(path).read_text())
+            for key, entry in res["configs"].items():
+                mine = result["configs"].get(key)
+                if mine is None:
+                    result["configs"][key] = entry
+                    continue
+                # More seeds of a configuration: records join, by seed.
+                if mine["config"] != entry["config"]:
+                    raise ValueError(f"{path}: {key} was run with other settings")
+                seeds = {r["seed"] for r in mine["records"]}
+                mine["records"] += [
+                    r for r in entry["records"] if r["seed"] not in seeds
+                ]
+                mine["records"].sort(key=lambda r: r["seed"])
+                cfg = Config(**mine["config"])
+                mine["summary"] = summarize(
+                    mine["records"], metric_names(cfg), cfg.methods
+                )
+                mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
+            result.setdefault("other_runs", []).append(
+                {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
+                | {
+                    "configs": list(res["configs"]),
+                    "load_average_at_start": res["environment"][
+                        "load_average_at_start"
+                    ],
+                    "load_average_at_end": res["environment"].get(
+                        "load_average_at_end"
+                    ),
+                }
+            )
+        write_json(result, out / "quality-steps.json")
+        (out / "quality-steps.md").write_text(render_steps_markdown(result, out))
+        return result
     result = json.loads((out / "quality.json").read_text())
     for entry in result["configs"].values():
         for record in entry["records"]:
@@ -1165,8 +1670,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--datasets",
-        default=",".join(DATASETS),
-        help=f"comma-separated, from {DATASETS}",
+        default=None,
+        help=f"comma-separated, from {DATASETS} (default: all; --steps: fashion_mnist)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="where quality.json/.md go"
@@ -1185,6 +1690,23 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--report", action="store_true", help="re-render OUT/quality.md only"
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated configuration keys to run, in this order "
+        "(e.g. fashion_mnist/cnn,fashion_mnist/mlp)",
+    )
+    parser.add_argument(
+        "--step-freqs",
+        default=None,
+        help="comma-separated N of the step-level ASWAs (default 50,100,200)",
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="the step-level study: Fashion-MNIST only (default), plus 2-epoch "
+        "runs; writes OUT/quality-steps.json/.md",
     )
     parser.add_argument(
         "--include",
@@ -1206,8 +1728,10 @@ def main(argv: list[str] | None = None) -> dict:
         else "benchmarks/results"
     )
     if args.report:
-        return report(out, args.include)
+        return report(out, args.include, args.steps)
     seeds = parse_seeds(args.seeds or ("1" if args.smoke else "1-5"))
+    if args.datasets is None:
+        args.datasets = "fashion_mnist" if args.steps else ",".join(DATASETS)
     datasets = [d for d in args.datasets.split(",") if d]
     return run(
         smoke=args.smoke,
@@ -1216,6 +1740,13 @@ def main(argv: list[str] | None = None) -> dict:
         out=out,
         img_dir=args.img_dir or out / "img",
         timing_repeats=args.timing_repeats,
+        steps=args.steps,
+        step_freqs=(
+            tuple(int(n) for n in args.step_freqs.split(","))
+            if args.step_freqs
+            else None
+        ),
+        only=args.only.split(",") if args.only else None,
         command="python -m benchmarks.quality "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     )

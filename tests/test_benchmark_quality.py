@@ -45,7 +45,7 @@ def test_every_configuration_and_method_ran(smoke):
         assert cfg.epochs == 3
         (record,) = entry["records"]
         assert record["seed"] == 1
-        assert set(record["metrics"]) == set(quality.METHODS)
+        assert set(record["metrics"]) == set(cfg.methods)
         names = quality.KG_METRICS if cfg.is_kg else ("accuracy",)
         for method, metrics in record["metrics"].items():
             for name in (*names, "val"):
@@ -72,13 +72,75 @@ def test_every_configuration_and_method_ran(smoke):
             >= record["metrics"]["last"]["val"]
         )
         summary = entry["summary"]["methods"]
-        assert set(summary) == set(quality.METHODS)
-        for method in quality.METHODS:
+        assert set(summary) == set(cfg.methods)
+        for method in cfg.methods:
             s = summary[method][cfg.metric]
             assert s["mean"] == pytest.approx(record["metrics"][method][cfg.metric])
             if method != "aswa":
                 assert s["wins"] + s["ties"] + s["losses"] == 1
                 assert s["wilcoxon_p"] is None  # one seed: no test
+
+
+def test_step_level_aswa_read_off_fashion_mnist(smoke):
+    """Step-level ASWA every N of the 4 batches an epoch, beside the rest."""
+    result, _ = smoke
+    for entry in result["configs"].values():
+        cfg = quality.Config(**entry["config"])
+        (record,) = entry["records"]
+        if cfg.dataset != "fashion_mnist":
+            assert not cfg.step_freqs and "step_aswa" not in record
+            continue
+        assert tuple(cfg.step_freqs) == quality.SMOKE_STEP_FREQS
+        assert set(record["step_aswa"]) == {
+            quality.step_method(n) for n in quality.SMOKE_STEP_FREQS
+        }
+        for n in cfg.step_freqs:
+            s = record["step_aswa"][quality.step_method(n)]
+            assert s["checks"] == (3 * 4) // n
+            assert sum(s["decisions"].values()) == s["checks"]
+            assert 1 <= s["size"] <= s["checks"]
+            assert s["check_seconds_total"] > 0
+            assert s["check_seconds_median"] > 0
+        assert record["eval_seconds"] > 0
+        vs_ema = entry["summary"]["vs_ema"]
+        assert set(vs_ema) == {
+            "aswa",
+            *(quality.step_method(n) for n in cfg.step_freqs),
+        }
+        for method, h in vs_ema.items():
+            m = record["metrics"]
+            diff = m[method]["accuracy"] - m["ema"]["accuracy"]
+            assert h["accuracy"]["mean_diff"] == pytest.approx(diff)
+            assert (
+                h["accuracy"]["wins"] + h["accuracy"]["ties"] + h["accuracy"]["losses"]
+                == 1
+            )
+
+
+def test_steps_report_renders_from_the_smoke_run(smoke, tmp_path):
+    result, _ = smoke
+    fashion = {k: e for k, e in result["configs"].items() if k.startswith("fashion")}
+    md = quality.render_steps_markdown(dict(result, configs=fashion), tmp_path)
+    assert "SMOKE run" in md
+    assert "| fashion_mnist/mlp (1 seeds) |" in md
+    assert "aswa_n2 vs ema" in md
+    assert "| fashion_mnist/cnn | aswa_n5 |" in md  # the cost table
+    assert "| fashion_mnist/mlp | aswa_n2 | 6 |" in md  # 6 checks
+    check = md[md.index("## Read-off check") :]
+    assert "| fashion_mnist/mlp | aswa_n2 |" in check
+
+
+def test_steps_study_grid():
+    keys = [c.key for c in quality.configs(["fashion_mnist"], smoke=False, steps=True)]
+    assert keys == [
+        "fashion_mnist/mlp-2ep",
+        "fashion_mnist/cnn-2ep",
+        "fashion_mnist/mlp",
+        "fashion_mnist/cnn",
+    ]
+    grid = quality.configs(["fashion_mnist"], smoke=True, steps=True)
+    assert [c.epochs for c in grid] == [2, 2, 3, 3]
+    assert all(c.step_freqs == quality.SMOKE_STEP_FREQS for c in grid)
 
 
 def test_report_json_and_plots_written(smoke):
@@ -103,7 +165,8 @@ def test_read_off_equals_real_single_method_runs(smoke):
 
     SWA's average from the shared run (EMA on, ASWA and the recorders
     beside it) must equal a run with only `SWA(restore=True)` and no EMA,
-    on both scoring paths: fit's validation (digits) and score_fn (UMLS).
+    on both scoring paths: fit's validation (digits) and score_fn (UMLS);
+    and step-level ASWA's (evaluating mid-epoch) a run with it alone.
     """
     result, _ = smoke
     checked = {
@@ -111,12 +174,13 @@ def test_read_off_equals_real_single_method_runs(smoke):
         for k, e in result["configs"].items()
         if "verification" in e
     }
-    assert set(checked) == {"digits/mlp", "umls/distmult"}
+    assert set(checked) == {"digits/mlp", "umls/distmult", "fashion_mnist/mlp"}
+    step = quality.step_method(quality.SMOKE_STEP_FREQS[0])
     for key, methods in checked.items():
-        assert set(methods) == {"swa"}
-        v = methods["swa"]
-        assert v["max_abs_weight_diff"] <= 1e-6, (key, v)
-        assert v["real_run"] == pytest.approx(v["read_off"], abs=1e-6), (key, v)
+        assert set(methods) == ({step} if key == "fashion_mnist/mlp" else {"swa"})
+        for v in methods.values():
+            assert v["max_abs_weight_diff"] <= 1e-6, (key, v)
+            assert v["real_run"] == pytest.approx(v["read_off"], abs=1e-6), (key, v)
 
 
 def test_plain_versus_aswa_timing_recorded(smoke):
@@ -186,6 +250,26 @@ def test_summarize_paired_counts_and_wilcoxon():
         ("accuracy",),
     )
     assert five["methods"]["ema"]["accuracy"]["wilcoxon_p"] == pytest.approx(0.0625)
+
+
+def test_summarize_compares_step_level_methods_with_ema():
+    methods = (*quality.METHODS, "aswa_n50")
+    records = [
+        {
+            "metrics": {
+                m: {"accuracy": 0.9 + 0.01 * i * (m == "aswa_n50"), "val": 0.5}
+                for m in methods
+            }
+        }
+        for i in range(4)
+    ]
+    s = quality.summarize(records, ("accuracy",), methods)
+    assert set(s["methods"]) == set(methods)
+    assert set(s["vs_ema"]) == {"aswa", "aswa_n50"}
+    h = s["vs_ema"]["aswa_n50"]["accuracy"]
+    assert (h["wins"], h["ties"], h["losses"]) == (3, 1, 0)
+    assert h["mean_diff"] == pytest.approx(0.015)
+    assert "vs_ema" not in quality.summarize(records, ("accuracy",))
 
 
 def test_parse_seeds():
