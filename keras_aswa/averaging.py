@@ -123,6 +123,10 @@ class _OnHost:
 
 _STORAGE = {None: _OnDevice, "host": _OnHost}
 
+# What a provisional block leaves to `commit` when `on_write` rewrote what it
+# showed: the scored values are not the blend, so blend again.
+_REBLEND = object()
+
 
 class WeightAverage:
     """An equal-weight running average of a list of Keras variables.
@@ -131,9 +135,14 @@ class WeightAverage:
         variables: The variables to average, usually `model.weights`. Their
             order is the order of `numpy()`.
         offload: None keeps the average on the variables' devices (with
-            their sharding), computed with `keras.ops`; `"host"` keeps it in
+            their sharding); `"host"` keeps it in
             host memory as numpy arrays, for models that fill the
             accelerator: one device-to-host copy of the weights per update.
+        on_write: Called with no argument each time an average has been
+            written into the variables (`swap_in`, `provisional`, `apply`),
+            e.g. to recompute BatchNormalization statistics for it. What it
+            changes in the variables is not adopted by `commit`, which then
+            blends again.
 
     Example:
 
@@ -149,13 +158,14 @@ class WeightAverage:
     ```
     """
 
-    def __init__(self, variables: Sequence, offload: str | None = None):
+    def __init__(self, variables: Sequence, offload: str | None = None, on_write=None):
         if offload not in _STORAGE:
             raise ValueError(
                 f"offload={offload!r} is not one of None (the average stays on "
                 "the weights' devices) or 'host' (in host memory)."
             )
         self.offload = offload
+        self.on_write = on_write
         self._storage = _STORAGE[offload]
         self.variables = list(variables)
         self.dtypes = [accumulation_dtype(v.dtype) for v in self.variables]
@@ -238,6 +248,8 @@ class WeightAverage:
                 else:
                     value = self._storage.for_variable(avg, v)
                 self._saved.append((i, v, kernels.exchange(v, value), kept))
+            if self.on_write is not None:
+                self.on_write()
         except BaseException:
             self.swap_out()
             raise
@@ -252,14 +264,13 @@ class WeightAverage:
                 kept = shown  # the provisional average itself, at full precision
             pending[i] = kept
         if saved and self._showing_provisional:
-            self._pending = pending
+            self._pending = _REBLEND if self.on_write is not None else pending
 
     def commit(self) -> None:
         """Adopts the provisional average of the last `provisional()` block.
 
         The same as `update()` right after the block, without blending again
-        what the block computed already. Only for blocks that wrote nothing
-        into the variables: otherwise call `update()`.
+        what the block computed already (unless `on_write` rewrote it).
 
         Raises:
             RuntimeError: If no provisional block ended since the average last
@@ -271,6 +282,9 @@ class WeightAverage:
                 "provisional() block, before the average changes."
             )
         pending, self._pending = self._pending, None
+        if pending is _REBLEND:
+            self.update()
+            return
         for i, (v, avg) in enumerate(zip(self.variables, self.average, strict=True)):
             if avg is not None:
                 kept = pending[i]
@@ -316,6 +330,8 @@ class WeightAverage:
         for v, avg in zip(self.variables, self.average, strict=True):
             if avg is not None:
                 v.assign(self._storage.for_variable(avg, v))
+        if self.on_write is not None:
+            self.on_write()
 
     def numpy(self) -> list[np.ndarray]:
         """The average as numpy arrays, in the order of `variables`.

@@ -21,6 +21,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_aswa import internals
+from keras_aswa.averaging import accumulation_dtype
+from keras_aswa.isolation import rng_preserved
+
 __all__ = ["update_batchnorm"]
 
 # Fed to each recomputed layer as its moving variance before every batch. A
@@ -104,7 +108,7 @@ def update_batchnorm(
         raise ValueError(f"`steps` must be a positive integer or None, got {steps!r}.")
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in internals.flatten_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     if not layers:
@@ -140,7 +144,8 @@ def update_batchnorm(
         batches = _iterate(adapter)
         if steps is not None:
             batches = itertools.islice(batches, int(steps))
-        with _no_side_effects():
+        # Unseeded Dropout on torch draws from the global generator.
+        with rng_preserved(), _no_autograd():
             sums, counts, seen = _accumulate(model, layers, batches)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
@@ -183,8 +188,6 @@ def update_batchnorm(
 
 def _adapter(data: Any, batch_size: int):
     # Keras' own data adapters: every format fit accepts, on every backend.
-    from keras.src.trainers.data_adapters import get_data_adapter
-
     if isinstance(data, tuple):
         # (x, y[, sample_weight]) of arrays: only x is needed.
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -192,28 +195,12 @@ def _adapter(data: Any, batch_size: int):
         isinstance(data, Iterable)
         and not isinstance(data, (list, dict, str, bytes))
         and not hasattr(data, "shape")
-        and not _is_known_source(data)
+        and not internals.is_data_source(data)
     ):
         # Keras takes generators of tuples only: wrap any other iterator, and
         # pack a bare x as (x,) so that it is not mistaken for (x, y).
         data = (batch if isinstance(batch, tuple) else (batch,) for batch in data)
-    return get_data_adapter(data, batch_size=batch_size, shuffle=False)
-
-
-def _is_known_source(data: Any) -> bool:
-    from keras.src.trainers.data_adapters import (
-        is_grain_dataset,
-        is_tf_dataset,
-        is_torch_dataloader,
-    )
-    from keras.src.trainers.data_adapters.data_adapter import DataAdapter
-
-    return (
-        isinstance(data, (keras.utils.PyDataset, DataAdapter))
-        or is_tf_dataset(data)
-        or is_torch_dataloader(data)
-        or is_grain_dataset(data)
-    )
+    return internals.data_adapter(data, batch_size)
 
 
 def _iterate(adapter) -> Iterator[Any]:
@@ -231,17 +218,12 @@ def _iterate(adapter) -> Iterator[Any]:
         yield keras.utils.unpack_x_y_sample_weight(batch)[0]
 
 
-@contextlib.contextmanager
-def _no_side_effects():
+def _no_autograd():
     if keras.backend.backend() != "torch":
-        yield
-        return
+        return contextlib.nullcontext()
     import torch
 
-    # Unseeded Dropout on torch draws from the global generator: restore it.
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        yield
+    return torch.no_grad()
 
 
 def _compile(function):
@@ -256,12 +238,6 @@ def _compile(function):
         # reduce_retracing: a smaller last batch does not cost a second graph.
         return tf.function(function, reduce_retracing=True)
     return function
-
-
-def _accumulation_dtype(variable) -> str:
-    # float32 at least, whatever the variable's own dtype (float16 statistics).
-    dtype = keras.backend.standardize_dtype(variable.dtype)
-    return "float64" if dtype == "float64" else "float32"
 
 
 # One compiled step per model and set of layers: ASWA recomputes statistics
@@ -289,7 +265,7 @@ def _make_step(model, layers):
     shapes = [tuple(layer.moving_mean.shape) for layer in layers]
     dtypes = [layer.moving_variance.dtype for layer in layers]
     # As Keras' own trainers do: a subclassed call may not take `training`.
-    takes_training = getattr(model, "_call_has_training_arg", True)
+    takes_training = internals.call_has_training_arg(model)
     kwargs = {"training": True} if takes_training else {}
     # Weakly: the cache holding this step must not keep the model alive.
     model_ref = weakref.ref(model)
@@ -339,11 +315,12 @@ def _accumulate(model, layers, batches):
     sums = [
         (
             ops.zeros(
-                layer.moving_mean.shape, dtype=_accumulation_dtype(layer.moving_mean)
+                layer.moving_mean.shape,
+                dtype=accumulation_dtype(layer.moving_mean.dtype),
             ),
             ops.zeros(
                 layer.moving_variance.shape,
-                dtype=_accumulation_dtype(layer.moving_variance),
+                dtype=accumulation_dtype(layer.moving_variance.dtype),
             ),
         )
         for layer in layers

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from keras_aswa import internals
+
 Decision = Literal["init", "hard", "soft", "reject", "skip"]
 Mode = Literal["min", "max"]
 
@@ -43,8 +45,9 @@ def resolve_mode(monitor: str, mode: str, model=None) -> Mode:
     if name.endswith("loss"):
         return "min"
     for metric in _compiled_metrics(model):
-        if metric.name == name and hasattr(metric, "_direction"):
-            return "max" if metric._direction == "up" else "min"
+        direction = internals.metric_direction(metric)
+        if metric.name == name and direction is not None:
+            return "max" if direction == "up" else "min"
     raise ValueError(
         f"mode='auto' cannot tell whether monitor={monitor!r} should be "
         "minimised or maximised. Pass mode='max' (e.g. for an accuracy or MRR) "

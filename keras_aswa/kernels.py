@@ -21,6 +21,8 @@ import functools
 
 from keras import backend, ops
 
+from keras_aswa import internals
+
 
 def blend(average, theta, count: int):
     """`average + (theta - average) / (count + 1)`, in `average`'s dtype.
@@ -68,10 +70,7 @@ def exchange(variable, value):
         The previous value, detached from any autograd graph.
     """
     if backend.backend() == "torch":
-        parameter = variable.value
-        previous = parameter.data
-        parameter.data = value
-        return previous
+        return internals.torch_swap_storage(variable.value, value)
     previous = read(variable)
     variable.assign(value)
     return previous

@@ -21,6 +21,8 @@ import numpy as np
 from keras import ops
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_aswa import internals
+
 # A score of None means: this epoch has none.
 Score = float | None
 
@@ -81,17 +83,20 @@ class FitValidation(Scorer):
         return None  # no validation this epoch (validation_freq > 1)
 
     def current(self, model):
-        if getattr(model, "_eval_epoch_iterator", None) is None:
-            raise RuntimeError(
-                "This version of Keras does not keep fit's validation iterator "
-                "where keras_aswa expects it. Pass `validation_data` to the "
-                "callback instead."
-            )
-        # `fit` caches the validation iterator for the length of the fit;
-        # evaluating through it reuses data and compiled function alike.
-        results = model.evaluate(
-            verbose=0, return_dict=True, _use_cached_eval_dataset=True
-        )
+        # At an epoch end that validated, through fit's cached iterator: its
+        # data pipeline and compiled test function are reused.
+        results = internals.evaluate_fit_validation(model)
+        if results is None:
+            # Elsewhere (an epoch end replayed after a resume), on the same
+            # data with the same batching.
+            arguments = internals.fit_validation(model)
+            if arguments is None:
+                raise RuntimeError(
+                    "keras_aswa cannot find fit's validation data in this "
+                    "version of Keras. Pass `validation_data` to the callback "
+                    "instead."
+                )
+            results = model.evaluate(**arguments, verbose=0, return_dict=True)
         return _evaluated(results, self.monitor)
 
 
@@ -110,18 +115,20 @@ class DataValidation(Scorer):
             `(x, y, sample_weight)` tuple or list, or anything
             `model.evaluate` accepts as `x` alone (a dataset).
         batch_size: Passed to `model.evaluate` for array data.
+        steps: How many batches of `data` each evaluation uses (None: all).
     """
 
-    def __init__(self, monitor: str, data, batch_size: int | None = None):
+    def __init__(self, monitor: str, data, batch_size: int | None = None, steps=None):
         self.monitor = monitor
         self.data = data
         self.batch_size = batch_size
+        self.steps = steps
         self._test_function = None
 
     def __deepcopy__(self, memo):
         # The data is shared (see `deepcopy_sharing_data`), and a compiled
         # function belongs to the model it was traced for.
-        copied = type(self)(self.monitor, self.data, self.batch_size)
+        copied = type(self)(self.monitor, self.data, self.batch_size, self.steps)
         memo[id(self)] = copied
         return copied
 
@@ -153,6 +160,7 @@ class DataValidation(Scorer):
                 y,
                 sample_weight=sample_weight,
                 batch_size=self.batch_size,
+                steps=self.steps,
                 verbose=0,
                 return_dict=True,
             )

@@ -13,9 +13,26 @@ from scenarios import (
 )
 
 from keras_aswa import ASWA, SWA
-from keras_aswa.state import LATEST, PREVIOUS, StateFileError, load_states, save_state
+from keras_aswa.state import LATEST, PREVIOUS, StateFileError, StateStore
 
 EPOCHS = 8
+
+
+def load_states(directory):
+    store = StateStore(directory)
+    store.load(tidy=False)
+    return store.generations
+
+
+def meta(epoch, step=None):
+    return {
+        "callback": "ASWA",
+        "epoch": epoch,
+        "step": step,
+        "count": 1,
+        "signature": [[[3], "float32"], [[], None]],
+        "history": [],
+    }
 
 
 class Crash(keras.callbacks.Callback):
@@ -158,10 +175,12 @@ def test_stale_state_with_a_fresh_start_is_an_error(tmp_path):
 
 def test_generations_rotate_and_writes_are_atomic(tmp_path):
     d = str(tmp_path)
-    save_state(d, [np.arange(3.0), None], {"epoch": 0})
-    save_state(d, [np.arange(3.0) + 1, None], {"epoch": 1})
-    (latest, meta), (prev, prev_meta) = load_states(d)
-    assert meta["epoch"] == 1 and prev_meta["epoch"] == 0
+    store = StateStore(d)
+    f32 = np.arange(3, dtype="float32")
+    store.save([f32, None], meta(0))
+    store.save([f32 + 1, None], meta(1))
+    (latest, latest_meta), (prev, prev_meta) = load_states(d)
+    assert latest_meta["epoch"] == 1 and prev_meta["epoch"] == 0
     np.testing.assert_array_equal(latest[0], [1, 2, 3])
     assert latest[1] is None
     assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])  # no temporaries
@@ -174,7 +193,7 @@ def test_generations_rotate_and_writes_are_atomic(tmp_path):
             raise Boom
 
     with pytest.raises(Boom):
-        save_state(d, [Exploding()], {"epoch": 2})
+        store.save([Exploding()], meta(2))
     assert load_states(d)[0][1]["epoch"] == 1  # the old state stands
     assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from keras_aswa import internals
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
-from keras_aswa.callbacks.context import fit_has_validation
 from keras_aswa.decision import decide, resolve_mode
 from keras_aswa.scoring import (
     DataValidation,
@@ -37,10 +37,15 @@ class ASWA(AveragingCallback):
     `keras.callbacks.EarlyStopping`: strictly better by more than
     `min_delta`; NaN and infinite scores never win.
 
+    The same steps can run every `update_freq` training batches instead of
+    every epoch, for runs of one to a few epochs (fine-tuning), scored on
+    `validation_data` given to the callback.
+
     Cost: one extra evaluation per epoch (of the provisional ensemble) when
-    the running model's score comes from `fit`'s validation; the weight
-    bookkeeping runs with `keras.ops` on the weights' own device and holds at
-    most two extra copies of the float weights.
+    the running model's score comes from `fit`'s validation (two with the
+    callback's own `validation_data`, or at step level); the weight
+    bookkeeping runs on the weights' own device, one fused pass per step,
+    and holds at most two extra copies of the averaged weights.
 
     Args:
         monitor: Quantity to compare, as named in the epoch logs (e.g.
@@ -56,18 +61,33 @@ class ASWA(AveragingCallback):
             data: arrays as an `(x, y)` or `(x, y, sample_weight)` tuple, a
             `tf.data.Dataset`, a `keras.utils.PyDataset`, or a torch
             `DataLoader` on the torch backend. The running model is then
-            evaluated on it too (two evaluations per epoch).
+            evaluated on it too (two evaluations per decision). Required
+            with an int `update_freq` (unless `score_fn` is given).
+        validation_steps: With `validation_data`, how many of its batches
+            each evaluation uses (None: all), so that a check costs a
+            fraction of an epoch.
         score_fn: `score_fn(model) -> float` scoring whatever weights the
             model holds, for metrics Keras cannot express (e.g. filtered MRR
             for link prediction). It scores the running and the provisional
             model. Use `mode` to say which direction is better.
         restore_best: Whether the model receives the ensemble when training
             ends, however it stopped.
+        update_freq: `"epoch"` (the default) decides at every epoch end;
+            an int `N` decides every `N` training batches (counted by the
+            optimizer's iterations), on the callback's `validation_data` or
+            `score_fn`, as `ModelCheckpoint(save_freq=N)` saves.
+            `start_from_epoch` still counts epochs.
+        variables: Which variables the ensemble holds. None (the default):
+            what training changes, i.e. the trainable variables and the
+            non-trainable float variables of trainable layers (BatchNorm
+            statistics), not frozen layers nor LoRA's frozen base weights,
+            which the model keeps as they are. `"all"`: every float variable.
+            Or a list of the model's variables.
         swap_on_epoch: Whether the model holds the ensemble between epochs,
             so that callbacks placed after this one see it (e.g.
             `ModelCheckpoint` saves the ensemble); the running weights are
             swapped back in before the next epoch trains. Costs one more copy
-            of the float weights.
+            of the averaged weights.
         batchnorm: `"average"` (the default) averages BatchNormalization
             moving statistics like every other weight. `"recompute"`
             recomputes them (`keras_aswa.update_batchnorm`) for the
@@ -80,12 +100,15 @@ class ASWA(AveragingCallback):
             as `x` (arrays are batched with `fit`'s batch size), e.g. the
             training inputs or a subset of them.
         backup_dir: A folder where the averaging state (ensemble, size,
-            score, history, epoch) is written atomically after every epoch,
-            and read back when `fit` resumes, e.g. with
-            `keras.callbacks.BackupAndRestore` after a crash: the resumed run
-            ends with the same ensemble as an uninterrupted one. Removed when
-            training finishes. A file that is truncated or belongs to another
-            model stops `fit` with an error naming it.
+            score, history, epoch) is written atomically after every epoch
+            (every check at step level), and read back when `fit` resumes,
+            e.g. with `keras.callbacks.BackupAndRestore` after a crash, in
+            either order: the resumed run ends with the same ensemble as an
+            uninterrupted one, as long as the running model resumes on the
+            same trajectory (Keras does not restore the order in which
+            `shuffle=True` draws batches). Removed when training finishes. A
+            file that is truncated, belongs to another model or was written
+            with other arguments stops `fit` with an error naming it.
         offload: None (the default) keeps the ensemble beside the weights,
             on their device and with their sharding: one float32 copy of the
             float weights in device memory. `"host"` keeps it in host memory
@@ -96,15 +119,17 @@ class ASWA(AveragingCallback):
             the scores and the ensemble size.
 
     Attributes:
-        history: One dict per scored or skipped epoch with keys `"epoch"`,
-            `"running"`, `"provisional"`, `"decision"`, `"ensemble_size"`
-            and `"ensemble_score"`.
+        history: One dict per scored or skipped epoch (or check) with keys
+            `"epoch"`, `"running"`, `"provisional"`, `"decision"`,
+            `"ensemble_size"` and `"ensemble_score"`, and `"step"` (the
+            optimizer step after the check) at step level.
         ensemble_size: How many snapshots the ensemble averages.
         best_score: The ensemble's validation score (None before the first
             scored epoch).
 
     Raises:
-        ValueError: On an unknown `mode`, a negative `start_from_epoch`, or
+        ValueError: On an unknown `mode`, a negative `start_from_epoch`, an
+            int `update_freq` without `validation_data` or `score_fn`, or
             when training starts without any validation to score on.
 
     Example:
@@ -123,8 +148,11 @@ class ASWA(AveragingCallback):
         min_delta: float = 0.0,
         start_from_epoch: int = 0,
         validation_data=None,
+        validation_steps: int | None = None,
         score_fn: Callable | None = None,
         restore_best: bool = True,
+        update_freq: str | int = "epoch",
+        variables=None,
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
@@ -135,6 +163,8 @@ class ASWA(AveragingCallback):
         verbose = arguments.verbosity(verbose)
         super().__init__(
             restore=restore_best,
+            update_freq=update_freq,
+            variables=variables,
             swap_on_epoch=swap_on_epoch,
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
@@ -152,23 +182,47 @@ class ASWA(AveragingCallback):
                 "Pass either validation_data or score_fn, not both: score_fn "
                 "is the whole score."
             )
+        if validation_steps is not None and validation_data is None:
+            raise ValueError(
+                "validation_steps= limits the callback's own validation_data: "
+                "pass validation_data= too (fit's validation_steps= limits "
+                "fit's validation)."
+            )
+        if self.update_freq != "epoch" and validation_data is None and score_fn is None:
+            raise ValueError(
+                f"update_freq={update_freq!r} decides between epoch ends, where "
+                "fit has no validation score: pass validation_data=(x_val, "
+                "y_val) (and validation_steps= to score on its first batches "
+                "only) or score_fn= to ASWA."
+            )
         self.monitor = monitor
         self.mode = mode
         self.min_delta = min_delta
         self.start_from_epoch = start_from_epoch
         self.validation_data = validation_data
+        self.validation_steps = validation_steps
         self.score_fn = score_fn
-        self.restore_best = restore_best
         self._scorer = self._make_scorer()
         self._reset()
 
     __deepcopy__ = arguments.deepcopy_sharing_data
 
+    @property
+    def restore_best(self) -> bool:
+        """Whether the model receives the ensemble when training ends."""
+        return self.restore
+
+    @restore_best.setter
+    def restore_best(self, value: bool) -> None:
+        self.restore = value
+
     def _make_scorer(self) -> Scorer:
         if self.score_fn is not None:
             return FunctionScore(self.score_fn)
         if self.validation_data is not None:
-            return DataValidation(self.monitor, self.validation_data)
+            return DataValidation(
+                self.monitor, self.validation_data, steps=self.validation_steps
+            )
         return FitValidation(self.monitor)
 
     def _reset(self):
@@ -182,7 +236,7 @@ class ASWA(AveragingCallback):
         self._scorer.on_train_begin(model)
         if (
             isinstance(self._scorer, FitValidation)
-            and fit_has_validation(model) is False
+            and internals.fit_has_validation(model) is False
         ):
             raise ValueError(
                 "ASWA needs a validation score, and this fit has none. Pass "
@@ -191,13 +245,13 @@ class ASWA(AveragingCallback):
             )
         # Resolve "auto" before any training is spent where the compiled
         # metrics are built already (JAX, torch); TensorFlow builds them in
-        # the first step, so there it waits for the first epoch end.
+        # the first step, so there it waits for the first decision.
         try:
             self._direction = resolve_mode(self.monitor, self.mode, model)
         except ValueError:
             self._direction = None
 
-    def _update(self, epoch, logs):
+    def _decide(self, epoch, step, logs):
         if epoch < self.start_from_epoch:
             # The keys exist from the first epoch on: CSVLogger fixes its
             # columns then.
@@ -214,25 +268,34 @@ class ASWA(AveragingCallback):
             decision = decide(running, None, None, self._direction, initialised=False)
         else:
             with self._average.provisional():
-                self._written()
                 provisional = self._scorer.current(model)
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta
             )
         self._apply(decision, running, provisional)
-        self.history.append(
-            {
-                "epoch": epoch,
-                "running": running,
-                "provisional": provisional,
-                "decision": decision,
-                "ensemble_size": self.ensemble_size,
-                "ensemble_score": self.best_score,
-            }
-        )
+        record = {
+            "epoch": epoch,
+            "running": running,
+            "provisional": provisional,
+            "decision": decision,
+            "ensemble_size": self.ensemble_size,
+            "ensemble_score": self.best_score,
+        }
+        if step is not None:
+            record["step"] = step
+        self.history.append(record)
         self._log(logs)
         if self.verbose:
-            self._print(self._describe(epoch, self.history[-1]))
+            self._print(self._describe(record))
+
+    def _replayed_logs(self, epoch):
+        # The running model's score of a replayed epoch end, as fit had it.
+        if not isinstance(self._scorer, FitValidation):
+            return {}
+        model = self.model
+        if not internals.fit_validates_at(model, epoch):
+            return {}
+        return {self.monitor: self._scorer.current(model)}
 
     def _log(self, logs):
         logs[f"aswa_{self.monitor}"] = (
@@ -245,15 +308,19 @@ class ASWA(AveragingCallback):
             self._average.restart()
             self.best_score = running
         elif decision == "soft":
-            if self.batchnorm == "recompute":
-                # The scored model's BatchNorm statistics were recomputed in
-                # place: blend the averaged ones again.
-                self._average.update()
-            else:
-                self._average.commit()  # the ensemble that was scored
+            self._average.commit()  # the ensemble that was scored
             self.best_score = provisional
         else:
             self._average.discard()
+
+    def _config(self):
+        return {
+            **super()._config(),
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "min_delta": self.min_delta,
+            "start_from_epoch": self.start_from_epoch,
+        }
 
     def _state_meta(self):
         return {"best_score": self.best_score}
@@ -261,12 +328,15 @@ class ASWA(AveragingCallback):
     def _restore_state(self, meta):
         self.best_score = meta["best_score"]
 
-    def _describe(self, epoch, record):
+    def _describe(self, record):
         def fmt(x):
             return "-" if x is None else f"{x:.4f}"
 
+        where = f"Epoch {record['epoch'] + 1}"
+        if "step" in record:
+            where += f", step {record['step']}"
         return (
-            f"Epoch {epoch + 1}: ASWA {record['decision']}: running "
+            f"{where}: ASWA {record['decision']}: running "
             f"{self.monitor}={fmt(record['running'])}, provisional="
             f"{fmt(record['provisional'])}, ensemble={fmt(self.best_score)} "
             f"(size {record['ensemble_size']})"

@@ -1,36 +1,48 @@
-"""What every averaging callback shares: the average, its lifecycle, its I/O."""
+"""What every averaging callback shares: when it acts, its average, its state."""
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import keras
 import numpy as np
+from keras import ops
 
+from keras_aswa import internals, kernels, selection
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
-from keras_aswa.callbacks.context import fit_callbacks, fit_locals
-from keras_aswa.callbacks.isolation import rng_preserved
+from keras_aswa.callbacks.peers import check_peers
 from keras_aswa.distribute import is_chief
-from keras_aswa.state import StateFileError, clear_state, load_states, save_state
+from keras_aswa.isolation import rng_preserved
+from keras_aswa.state import StateFileError, StateStore
 
 BATCHNORM_MODES = ("average", "recompute")
+EPOCH = "epoch"
 
 
 class AveragingCallback(keras.callbacks.Callback):
     """Base of the averaging callbacks: owns a `WeightAverage` of the model.
 
-    Subclasses decide, at each epoch end, whether to restart or update the
-    average; this class resets it when training begins, writes it into the
-    model when training ends (with `restore`), and exposes it.
+    Subclasses hold the policy (`_decide`: fold the current weights in, or
+    not); this class decides when it runs (every epoch end, or every
+    `update_freq` training batches), which variables are averaged, resumes
+    and saves the state, writes the average into the model when training
+    ends (with `restore`), and exposes it.
 
     Args:
         restore: Whether `on_train_end` writes the average into the model.
+        update_freq: `"epoch"` to act at every epoch end, or an int `N` to
+            act every `N` training batches (counted by the optimizer's
+            iterations, so that a resumed run checks at the same steps).
+        variables: Which variables are averaged: None for what training
+            changes (see `keras_aswa.selection`), `"all"` for every float
+            variable, or a list of the model's variables.
         swap_on_epoch: Whether the model holds the average between epochs:
             written in at the end of each epoch, after this callback's own
             work, and swapped back out before the next epoch trains. Callbacks
             placed after this one (e.g. `ModelCheckpoint`) then see the
-            average. Costs one more copy of the float weights.
+            average. Costs one more copy of the averaged weights.
         batchnorm: `"average"` averages BatchNormalization moving statistics
             like every other weight; `"recompute"` recomputes them with
             `update_batchnorm` over `batchnorm_data` each time an average is
@@ -38,15 +50,18 @@ class AveragingCallback(keras.callbacks.Callback):
         batchnorm_data: The data `"recompute"` passes over (what `fit` takes
             as `x`; arrays are batched with `fit`'s batch size).
         backup_dir: Where the averaging state is written after every epoch
-            and read back when a `fit` resumes (see `keras_aswa.state`).
+            (or check) and read back when a `fit` resumes (see
+            `keras_aswa.state`).
         offload: None keeps the average beside the weights on their device;
             `"host"` keeps it in host memory (see `WeightAverage`).
-        verbose: 0 for silence, 1 for one line per epoch.
+        verbose: 0 for silence, 1 for one line per decision.
     """
 
     def __init__(
         self,
         restore: bool = True,
+        update_freq: str | int = EPOCH,
+        variables=None,
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
@@ -56,6 +71,17 @@ class AveragingCallback(keras.callbacks.Callback):
     ):
         super().__init__()
         WeightAverage([], offload=offload)  # checks the value now
+        selection.check_argument(variables)
+        if update_freq != EPOCH and (
+            isinstance(update_freq, bool)
+            or not isinstance(update_freq, numbers.Integral)
+            or update_freq < 1
+        ):
+            raise ValueError(
+                f"update_freq={update_freq!r}: pass 'epoch' to act at every "
+                "epoch end, or a positive int N to act every N training "
+                "batches."
+            )
         if batchnorm not in BATCHNORM_MODES:
             raise ValueError(
                 f"batchnorm={batchnorm!r} is not one of {BATCHNORM_MODES}: "
@@ -69,7 +95,9 @@ class AveragingCallback(keras.callbacks.Callback):
                 "training inputs x_train, a tf.data.Dataset or a PyDataset "
                 "(a few hundred batches are plenty)."
             )
-        self._restore = restore
+        self.restore = restore
+        self.update_freq = update_freq if update_freq == EPOCH else int(update_freq)
+        self.variables = variables
         self.swap_on_epoch = swap_on_epoch
         self.batchnorm = batchnorm
         self.batchnorm_data = batchnorm_data
@@ -78,104 +106,119 @@ class AveragingCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self._average: WeightAverage | None = None
         self.history: list[dict] = []
+        if self.update_freq != EPOCH:
+            # Only step-level callbacks take batch hooks: Keras dispatches the
+            # batches of a fit without any asynchronously.
+            self.on_train_batch_end = self._count_batches
+
+    # --- fit's lifecycle -----------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        # One instance may serve several `fit` calls: each starts afresh.
-        self._average = WeightAverage(self.model.weights, offload=self.offload)
+        if self._average is not None and self._average.swapped_in:
+            # An earlier fit was interrupted between this callback's epoch end
+            # and the next epoch: the running weights go back before training.
+            self._sync_variables()
+            self._average.swap_out()
+            warnings.warn(
+                f"The last fit with this {type(self).__name__} was interrupted "
+                "while the model held its average (swap_on_epoch=True): the "
+                "running weights were put back before this fit.",
+                stacklevel=2,
+            )
+        model = self.model
+        check_peers(
+            self, internals.fit_callbacks(model), getattr(model, "optimizer", None)
+        )
+        # One instance may serve several fits: each starts afresh, and chooses
+        # its variables anew (a layer may have been (un)frozen in between).
+        self._average = None
+        self._resumed = None
         self.history = []
-        self._batch_size = (fit_locals(self._model) or {}).get("batch_size") or 32
+        self._batch_size = internals.fit_batch_size(model) or 32
         self._first_epoch_seen = False
-        # Read (and checked) now, so that a bad file stops fit before training;
-        # which generation applies is known at the first epoch.
-        self._saved = [] if self.backup_dir is None else load_states(self.backup_dir)
-        for _, meta in self._saved:
-            self._check_state(meta)
-        self._warn_about_peers()
+        self._store = None
+        if self.backup_dir is not None:
+            # Read (and checked) now, so that a bad file stops fit before
+            # training; which generation applies is known at the first epoch.
+            self._store = StateStore(self.backup_dir)
+            self._store.load(tidy=is_chief(self._model))
+            for _, meta in self._store.generations:
+                self._check_state(meta)
+        if model.built and model.weights:
+            self._engine()  # a model built later (TF, no Input) waits
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._last_batch = -1
         if not self._first_epoch_seen:
             self._first_epoch_seen = True
+            if self.update_freq != EPOCH:
+                self._step = self._optimizer_step()
             self._resume(epoch)
-        if self._average.swapped_in:
-            self._sync()
+        if self._average is not None and self._average.swapped_in:
+            self._sync_variables()
             self._average.swap_out()
 
-    def _resume(self, epoch):
-        """Restores the saved state that ends just before `epoch`, if any."""
-        for arrays, meta in self._saved:
-            if meta["epoch"] == epoch - 1:
-                self._average.load(arrays, meta["count"])
-                self.history = meta["history"]
-                self._restore_state(meta)
-                return
-        if self._saved:
-            latest = self._saved[0][1]
-            raise StateFileError(
-                f"{latest['path']} holds the average up to epoch "
-                f"{latest['epoch']}, but fit starts at epoch {epoch}. Resume "
-                "with keras.callbacks.BackupAndRestore (or initial_epoch="
-                f"{latest['epoch'] + 1}), or delete the file to start afresh."
-            )
-        if epoch > 0:
-            warnings.warn(
-                f"fit is resuming at epoch {epoch} (initial_epoch or "
-                f"BackupAndRestore): {type(self).__name__} starts a new "
-                "average here, since no earlier one was kept (pass "
-                "backup_dir= to keep it).",
-                stacklevel=3,
-            )
+    def _count_batches(self, batch, logs=None):
+        """`on_train_batch_end` of a step-level callback."""
+        # Keras numbers batches within the epoch; with steps_per_execution it
+        # calls this once per execution, with the last batch's number.
+        before = self._step
+        self._step += batch - self._last_batch
+        self._last_batch = batch
+        if self._step // self.update_freq > before // self.update_freq:
+            self._act(self._epoch, self._step, logs if logs is not None else {})
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        with rng_preserved():
-            self._update(epoch, logs)
-            self._end_epoch(epoch)
+        if self.update_freq == EPOCH:
+            self._act(epoch, None, logs)
+        else:
+            self._log(logs)  # the state after the epoch's last check
+        if self.swap_on_epoch and self._average is not None and not self._average.empty:
+            self._sync_variables()
+            self._average.swap_in()
 
-    def _update(self, epoch: int, logs: dict) -> None:
-        """The subclass' policy: fold this epoch's weights in, or not."""
+    def on_train_end(self, logs=None):
+        with rng_preserved():
+            if self._average is not None and self._average.swapped_in:
+                self._sync_variables()
+                self._average.swap_out()
+            if self._store is not None and is_chief(self._model):
+                # The run finished: a later fit starts afresh, as with
+                # BackupAndRestore.
+                self._store.clear()
+            if self.restore:
+                self._restore_average()
+
+    # --- acting --------------------------------------------------------------
+
+    def _act(self, epoch: int, step: int | None, logs: dict) -> None:
+        """Runs the policy at an epoch end (step None) or a step-level check."""
+        # The evaluations and BatchNormalization passes below must leave the
+        # random state that orders training batches as it was.
+        with rng_preserved():
+            self._engine()
+            self._decide(epoch, step, logs)
+            # Every worker holds the same average (they take the same
+            # decisions); one writes it, and all read it on resume.
+            if self._store is not None and is_chief(self._model):
+                self._save(epoch, step)
+
+    def _decide(self, epoch: int, step: int | None, logs: dict) -> None:
+        """The subclass' policy: fold the current weights in, or not."""
         raise NotImplementedError
 
-    def _end_epoch(self, epoch):
-        # Every worker of a multi-worker run holds the same average (they take
-        # the same decisions); one writes it, and all read it on resume.
-        if self.backup_dir is not None and is_chief(self._model):
-            self._save(epoch)
-        if self.swap_on_epoch and not self._average.empty:
-            self._sync()
-            self._average.swap_in()
-            self._written()
+    def _log(self, logs: dict) -> None:
+        """Adds the callback's figures to `logs`."""
 
-    def _save(self, epoch):
-        arrays = [None] * len(self._average.variables)
-        if not self._average.empty:
-            arrays = [
-                None if dtype is None else array
-                for array, dtype in zip(
-                    self._average.numpy(), self._average.dtypes, strict=True
-                )
-            ]
-        meta = {
-            "callback": type(self).__name__,
-            "epoch": epoch,
-            "count": self._average.count,
-            "signature": self._average.signature(),
-            "history": self.history,
-            **self._state_meta(),
-        }
-        save_state(self.backup_dir, arrays, meta)
+    def _replayed_logs(self, epoch: int) -> dict:
+        """What `fit`'s logs held at a replayed epoch end, as far as needed."""
+        return {}
 
-    def _check_state(self, meta):
-        if meta.get("callback") != type(self).__name__:
-            raise StateFileError(
-                f"{meta['path']} was written by {meta.get('callback')}, not by "
-                f"{type(self).__name__}: give each callback its own backup_dir."
-            )
-        if meta["signature"] != self._average.signature():
-            raise StateFileError(
-                f"{meta['path']} holds an average of other weights (other "
-                "model, shapes or dtypes) than this model's. It was left as it "
-                "is: point backup_dir elsewhere, or delete it to start afresh."
-            )
+    def _config(self) -> dict:
+        """The arguments a resumed state must have been written with."""
+        return {"update_freq": self.update_freq}
 
     def _state_meta(self) -> dict:
         """What a subclass keeps beyond the average and the history."""
@@ -184,30 +227,154 @@ class AveragingCallback(keras.callbacks.Callback):
     def _restore_state(self, meta: dict) -> None:
         """Reads back what `_state_meta` kept."""
 
-    def _written(self):
-        """Call after writing an average into the model."""
-        if self.batchnorm == "recompute":
-            update_batchnorm(
-                self.model, self.batchnorm_data, batch_size=self._batch_size
+    def _engine(self) -> WeightAverage:
+        """The average of this fit, made when the model has its variables."""
+        if self._average is None:
+            model = self.model
+            held = selection.averaged_variables(model, self.variables)
+            if not held:
+                raise ValueError(
+                    f"{type(self).__name__} has nothing to average: no variable "
+                    f"of model {model.name!r} is trained (every layer is frozen, "
+                    "or variables= chose none)."
+                )
+            on_write = (
+                self._recompute_batchnorm if self.batchnorm == "recompute" else None
+            )
+            self._average = WeightAverage(held, offload=self.offload, on_write=on_write)
+            if self._store is not None:
+                for _, meta in self._store.generations:
+                    self._check_signature(meta)
+            if self._resumed is not None:
+                self._average.load(*self._resumed)
+                self._resumed = None
+        return self._average
+
+    def _sync_variables(self) -> None:
+        """Makes the model's variables hold the trainer's current state."""
+        # On JAX the trainer keeps the state apart from the variables during
+        # fit; reading `self.model` (not `self._model`) writes it into them.
+        _ = self.model
+
+    def _recompute_batchnorm(self):
+        update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
+
+    def _optimizer_step(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return 0
+        return int(ops.convert_to_numpy(optimizer.iterations))
+
+    # --- resuming ------------------------------------------------------------
+
+    def _resume(self, epoch: int) -> None:
+        """Restores the saved state that matches where `fit` starts."""
+        if self._store is None or not self._store.generations:
+            if epoch > 0:
+                warnings.warn(
+                    f"fit is resuming at epoch {epoch} (initial_epoch or "
+                    f"BackupAndRestore): {type(self).__name__} starts a new "
+                    "average here, since no earlier one was kept (pass "
+                    "backup_dir= to keep it).",
+                    stacklevel=3,
+                )
+            return
+        missed = None
+        if self.update_freq == EPOCH:
+            found = self._store.pick(lambda meta: meta["epoch"] == epoch - 1)
+            if found is None:
+                # Killed after BackupAndRestore saved epoch - 1 and before this
+                # callback did: that epoch end is replayed below, from the
+                # weights BackupAndRestore restored.
+                found = self._store.pick(lambda meta: meta["epoch"] == epoch - 2)
+                missed = epoch - 1
+        else:
+            # The last check at or before the optimizer step fit resumes from.
+            step = self._step
+            found = self._store.pick(
+                lambda meta: (
+                    meta["step"] is not None
+                    and step - self.update_freq < meta["step"] <= step
+                )
+            )
+        if found is None:
+            latest = self._store.generations[0][1]
+            where = f"epoch {latest['epoch']}"
+            if latest["step"] is not None:
+                where += f", step {latest['step']}"
+            raise StateFileError(
+                f"{latest['path']} holds the average up to {where}, but this "
+                f"fit starts at epoch {epoch}"
+                + ("" if self.update_freq == EPOCH else f", step {self._step}")
+                + ", and no state kept matches that. The state was left as it "
+                "is. Resume from the backup it belongs to (the same "
+                "keras.callbacks.BackupAndRestore folder, or initial_epoch="
+                f"{latest['epoch'] + 1}), or delete {self.backup_dir} to start "
+                "a new average."
+            )
+        arrays, meta = found
+        self._resumed = (arrays, meta["count"])
+        self.history = meta["history"]
+        self._restore_state(meta)
+        self._store.free()
+        if self._average is not None:
+            self._average.load(*self._resumed)
+            self._resumed = None
+        if missed is not None:
+            self._act(missed, None, self._replayed_logs(missed))
+
+    def _save(self, epoch: int, step: int | None) -> None:
+        average = self._average
+        arrays = [None] * len(average.variables)
+        if not average.empty:
+            arrays = [
+                None if dtype is None else array
+                for array, dtype in zip(average.numpy(), average.dtypes, strict=True)
+            ]
+        meta = {
+            "callback": type(self).__name__,
+            "config": self._config(),
+            "epoch": epoch,
+            "step": step,
+            "count": average.count,
+            "signature": average.signature(),
+            "history": self.history,
+            **self._state_meta(),
+        }
+        self._store.save(arrays, meta)
+
+    def _check_state(self, meta: dict) -> None:
+        name = type(self).__name__
+        if meta["callback"] != name:
+            raise StateFileError(
+                f"{meta['path']} was written by {meta['callback']}, not by "
+                f"{name}: give each callback its own backup_dir."
+            )
+        saved, own = meta.get("config", {}), self._config()
+        differ = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
+        if differ:
+            then = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+            now = ", ".join(f"{k}={own.get(k)!r}" for k in differ)
+            raise StateFileError(
+                f"{meta['path']} was written by {name}({then}), and this one has "
+                f"{now}: its decisions would not continue that run. It was left "
+                f"as it is: resume with the same arguments, or point backup_dir "
+                "elsewhere (or delete it) to start a new average."
             )
 
-    def on_train_end(self, logs=None):
-        with rng_preserved():
-            self._finish()
+    def _check_signature(self, meta: dict) -> None:
+        if meta["signature"] != self._average.signature():
+            raise StateFileError(
+                f"{meta['path']} holds an average of other weights (other "
+                "model, shapes, dtypes, or other variables frozen) than the "
+                "ones this fit averages. It was left as it is: point "
+                "backup_dir elsewhere, or delete it to start afresh."
+            )
 
-    def _finish(self):
-        if self._average.swapped_in:
-            self._sync()
-            self._average.swap_out()
-        if self.backup_dir is not None and is_chief(self._model):
-            # The run finished: a later fit starts afresh, as with
-            # BackupAndRestore.
-            clear_state(self.backup_dir)
-        if self._restore:
-            self._restore_average()
+    # --- the end and the public API ------------------------------------------
 
     def _restore_average(self):
-        if self._average.empty:
+        if self._average is None or self._average.empty:
             warnings.warn(
                 f"{type(self).__name__} averaged no epoch, so the model keeps "
                 "its final running weights.",
@@ -221,59 +388,6 @@ class AveragingCallback(keras.callbacks.Callback):
                 f"{self.ensemble_size} snapshot(s)."
             )
 
-    def _warn_about_peers(self):
-        """Says who wins where other callbacks also write weights at the end.
-
-        Keras runs `on_train_end` in list order, so the last writer wins.
-        """
-        if not self._restore:
-            return
-        name = type(self).__name__
-        callbacks = fit_callbacks(self._model)
-        later = False
-        for cb in callbacks:
-            if cb is self:
-                later = True
-                continue
-            writes = (
-                isinstance(cb, keras.callbacks.EarlyStopping)
-                and cb.restore_best_weights
-            ) or (isinstance(cb, AveragingCallback) and cb._restore)
-            if writes:
-                winner = type(cb).__name__ if later else name
-                warnings.warn(
-                    f"{name} and {type(cb).__name__} both write weights into the "
-                    "model when training ends; Keras runs them in list order, so "
-                    f"the later one, {winner}, decides the final weights. Pass "
-                    f"restore_best_weights=False / restore_best=False to the one "
-                    "you don't want, or reorder the callbacks.",
-                    stacklevel=3,
-                )
-            if (
-                later
-                and isinstance(cb, keras.callbacks.BackupAndRestore)
-                and self.swap_on_epoch
-            ):
-                warnings.warn(
-                    f"BackupAndRestore after {name}(swap_on_epoch=True) would back "
-                    "up the average instead of the running model; place it before.",
-                    stacklevel=3,
-                )
-        optimizer = getattr(self._model, "optimizer", None)
-        if getattr(optimizer, "use_ema", False):
-            warnings.warn(
-                f"The optimizer has use_ema=True: fit writes its EMA weights into "
-                f"the model at the end, then {name} replaces them with its average "
-                f"(of the running weights, not the EMA). Pass restore=False to "
-                f"{name} to keep the EMA weights.",
-                stacklevel=3,
-            )
-
-    def _sync(self):
-        # Reading `self.model` (not `self._model`) makes the JAX trainer write
-        # its state into the variables the average reads and writes.
-        return self.model
-
     def _print(self, message: str) -> None:
         # Keras' progress lines go to stdout too; flush to keep their order.
         print(message, flush=True)
@@ -286,15 +400,27 @@ class AveragingCallback(keras.callbacks.Callback):
     def ensemble_weights(self) -> list[np.ndarray]:
         """The averaged weights, one numpy array per entry of `model.weights`.
 
-        Float entries are in float32 (float64 for float64 variables), before
-        rounding to the variable's dtype; entries of non-float variables hold
-        the running model's values, so `model.set_weights` accepts the list.
+        Averaged entries are in float32 (float64 for float64 variables),
+        before rounding to the variable's dtype; the entries of variables
+        that are not averaged (frozen, or not floating point) hold the
+        running model's values, so `model.set_weights` accepts the list.
 
         Raises:
             RuntimeError: If nothing has been averaged yet.
         """
         self._require_average()
-        return self._average.numpy()
+        model = self.model
+        held = dict(
+            zip(
+                (id(v) for v in self._average.variables),
+                self._average.numpy(),
+                strict=True,
+            )
+        )
+        return [
+            held[id(v)] if id(v) in held else ops.convert_to_numpy(kernels.read(v))
+            for v in model.weights
+        ]
 
     def apply_ensemble(self) -> None:
         """Writes the average into the model now, e.g. after an interrupt.
@@ -303,9 +429,8 @@ class AveragingCallback(keras.callbacks.Callback):
             RuntimeError: If nothing has been averaged yet.
         """
         self._require_average()
-        self._sync()
+        self._sync_variables()
         self._average.apply()
-        self._written()
 
     def _require_average(self):
         if self._average is None or self._average.empty:

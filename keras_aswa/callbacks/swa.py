@@ -35,6 +35,15 @@ class SWA(AveragingCallback):
             epochs starts at epoch 75).
         frequency: Average every `frequency`-th epoch from the first.
         restore: Whether the model receives the average when training ends.
+        update_freq: `"epoch"` (the default) averages at epoch ends; an int
+            `N` averages every `N` training batches (counted by the
+            optimizer's iterations) from `start_from_epoch` on, for runs of
+            one to a few epochs. `frequency` must then stay 1.
+        variables: Which variables are averaged. None (the default): what
+            training changes (trainable variables and the non-trainable float
+            variables of trainable layers, e.g. BatchNorm statistics), not
+            frozen layers nor LoRA's frozen base weights. `"all"`: every
+            float variable. Or a list of the model's variables.
         swap_on_epoch: Whether the model holds the average between epochs,
             so that callbacks placed after this one (e.g. `ModelCheckpoint`)
             see it; the running weights are swapped back in before the next
@@ -58,7 +67,8 @@ class SWA(AveragingCallback):
         verbose: 0 for silence, 1 for one line per averaged epoch.
 
     Attributes:
-        history: One dict per averaged epoch: `"epoch"`, `"ensemble_size"`.
+        history: One dict per averaged epoch (or check): `"epoch"`,
+            `"ensemble_size"`, and `"step"` at step level.
         ensemble_size: How many snapshots the average holds.
 
     Raises:
@@ -78,6 +88,8 @@ class SWA(AveragingCallback):
         start_from_epoch: int | float = 0,
         frequency: int = 1,
         restore: bool = True,
+        update_freq: str | int = "epoch",
+        variables=None,
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
         batchnorm_data=None,
@@ -88,6 +100,8 @@ class SWA(AveragingCallback):
         verbose = arguments.verbosity(verbose)
         super().__init__(
             restore=restore,
+            update_freq=update_freq,
+            variables=variables,
             swap_on_epoch=swap_on_epoch,
             batchnorm=batchnorm,
             batchnorm_data=batchnorm_data,
@@ -101,9 +115,14 @@ class SWA(AveragingCallback):
         frequency = arguments.positive_int(
             "frequency", frequency, "average every frequency-th epoch"
         )
+        if frequency != 1 and self.update_freq != "epoch":
+            raise ValueError(
+                f"frequency={frequency!r} counts epochs, and update_freq="
+                f"{update_freq!r} averages every {update_freq} batches: pass "
+                "one or the other."
+            )
         self.start_from_epoch = start_from_epoch
         self.frequency = frequency
-        self.restore = restore
 
     __deepcopy__ = arguments.deepcopy_sharing_data
 
@@ -115,14 +134,29 @@ class SWA(AveragingCallback):
                 self.start_from_epoch * self.params["epochs"]
             )
 
-    def _update(self, epoch, logs):
+    def _decide(self, epoch, step, logs):
         since = epoch - self._first_epoch
-        if since >= 0 and since % self.frequency == 0:
-            self._sync()
+        due = since >= 0 and (step is not None or since % self.frequency == 0)
+        if due:
+            self._sync_variables()
             self._average.update()
-            self.history.append({"epoch": epoch, "ensemble_size": self.ensemble_size})
+            record = {"epoch": epoch, "ensemble_size": self.ensemble_size}
+            if step is not None:
+                record["step"] = step
+            self.history.append(record)
             if self.verbose:
-                self._print(
-                    f"Epoch {epoch + 1}: SWA averaged, size {self.ensemble_size}"
+                where = f"Epoch {epoch + 1}" + (
+                    "" if step is None else f", step {step}"
                 )
+                self._print(f"{where}: SWA averaged, size {self.ensemble_size}")
+        self._log(logs)
+
+    def _log(self, logs):
         logs["swa_size"] = self.ensemble_size
+
+    def _config(self):
+        return {
+            **super()._config(),
+            "start_from_epoch": self.start_from_epoch,
+            "frequency": self.frequency,
+        }

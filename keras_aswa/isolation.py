@@ -1,4 +1,4 @@
-"""Keeping a callback's own data passes out of training's randomness.
+"""Keeping keras_aswa's own data passes out of training's randomness.
 
 Every time a torch `DataLoader` is iterated, it draws a base seed from torch's
 global generator, and Keras' torch backend shuffles training batches with

@@ -1,0 +1,196 @@
+"""Every use of a Keras or backend internal, in one place.
+
+Keras has no public way to do what these functions do. Each says what it
+stands in for, and `tests/test_internals.py` fails with a message naming the
+function when a Keras release removes what it relies on. The guesses about a
+running `fit` fail open: when they cannot tell, they answer None (or an empty
+list), and the callers decide later, from what `fit` hands them.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+
+# --- The running `fit` -------------------------------------------------------
+# Keras does not tell callbacks whether `fit` validates, with what batch size,
+# nor which other callbacks run beside them. All of it sits in `fit`'s own
+# frame: by the time `on_train_begin` runs, `validation_split` has become
+# `validation_data`, and `callbacks` is the `CallbackList`, on every backend.
+
+
+def fit_locals(model) -> dict | None:
+    """The local variables of the `fit` call training `model`.
+
+    Stands in for: a public record of `fit`'s arguments (none exists).
+
+    Returns:
+        `fit`'s locals, or None when no such frame is on the stack (a custom
+        training loop calling the hooks itself, or a Keras whose `fit` has
+        another name).
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+                return dict(frame.f_locals)
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+def fit_has_validation(model) -> bool | None:
+    """Whether the running `fit` validates; None when that cannot be known."""
+    found = fit_locals(model)
+    if found is None or "validation_data" not in found:
+        return None
+    return found["validation_data"] is not None
+
+
+def fit_callbacks(model) -> list:
+    """The callbacks of the running `fit`, in order (empty when unknown)."""
+    found = fit_locals(model) or {}
+    return list(getattr(found.get("callbacks"), "callbacks", None) or [])
+
+
+def fit_batch_size(model) -> int | None:
+    """The batch size of the running `fit` (None when unknown or not given)."""
+    return (fit_locals(model) or {}).get("batch_size")
+
+
+def fit_validation(model) -> dict | None:
+    """The arguments `fit` evaluates its validation data with.
+
+    Stands in for: re-evaluating on `fit`'s validation data outside the epoch
+    end that `fit` validates at (the cached iterator exists only there).
+
+    Returns:
+        Keyword arguments for `model.evaluate` that reproduce `fit`'s own
+        validation, or None when `fit` has none or they cannot be found.
+    """
+    found = fit_locals(model) or {}
+    if found.get("validation_data") is None or "val_x" not in found:
+        return None
+    return {
+        "x": found["val_x"],
+        "y": found.get("val_y"),
+        "sample_weight": found.get("val_sample_weight"),
+        "batch_size": found.get("validation_batch_size") or found.get("batch_size"),
+        "steps": found.get("validation_steps"),
+    }
+
+
+def fit_validates_at(model, epoch: int) -> bool:
+    """Whether the running `fit` validates at the end of `epoch` (0-based).
+
+    Stands in for: `Trainer._should_eval` with `fit`'s `validation_freq`.
+    """
+    found = fit_locals(model) or {}
+    if found.get("validation_data") is None:
+        return False
+    freq = found.get("validation_freq", 1)
+    if isinstance(freq, int):
+        return (epoch + 1) % freq == 0
+    return epoch + 1 in freq
+
+
+def evaluate_fit_validation(model) -> dict | None:
+    """Evaluates the model on `fit`'s validation data, through `fit`'s cache.
+
+    Stands in for: a public `evaluate` on the validation iterator `fit` made
+    for this epoch, reusing its data pipeline and compiled test function.
+
+    Returns:
+        The results as a dict, or None when `fit` keeps no such iterator (no
+        validation has run yet in this `fit`).
+    """
+    if getattr(model, "_eval_epoch_iterator", None) is None:
+        return None
+    return model.evaluate(verbose=0, return_dict=True, _use_cached_eval_dataset=True)
+
+
+# --- Models and layers -------------------------------------------------------
+
+
+def flatten_layers(model) -> list:
+    """The model and every layer nested in it, once each.
+
+    Stands in for: a public recursive layer iterator (`model.layers` is one
+    level deep).
+    """
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def call_has_training_arg(model) -> bool:
+    """Whether the model's `call` takes `training` (as Keras' trainers ask)."""
+    return getattr(model, "_call_has_training_arg", True)
+
+
+def lora_frozen_weights(layer) -> list:
+    """The base weights a layer froze when LoRA was enabled on it.
+
+    Stands in for: a public way to reach them. With LoRA, `Dense.kernel`,
+    `EinsumDense.kernel` and `Embedding.embeddings` return the merged
+    product, not the variable; the frozen variable is `_kernel` or
+    `_embeddings`.
+    """
+    if not getattr(layer, "lora_enabled", False):
+        return []
+    found = (getattr(layer, name, None) for name in ("_kernel", "_embeddings"))
+    return [v for v in found if isinstance(v, keras.Variable) and not v.trainable]
+
+
+def metric_direction(metric) -> str | None:
+    """`"up"` or `"down"` for a Keras metric that knows it, else None.
+
+    Stands in for: a public direction on metrics (Keras' own callbacks read
+    the same attribute).
+    """
+    direction = getattr(metric, "_direction", None)
+    return direction if direction in ("up", "down") else None
+
+
+# --- Data -------------------------------------------------------------------
+
+
+def data_adapter(data, batch_size: int):
+    """Keras' data adapter for anything `fit` takes as `x`.
+
+    Stands in for: a public batch iterator over every format `fit` accepts.
+    """
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    return get_data_adapter(data, batch_size=batch_size, shuffle=False)
+
+
+def is_data_source(data) -> bool:
+    """Whether `data` is a dataset object Keras adapts as a whole."""
+    from keras.src.trainers.data_adapters import (
+        is_grain_dataset,
+        is_tf_dataset,
+        is_torch_dataloader,
+    )
+    from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+
+    return (
+        isinstance(data, (keras.utils.PyDataset, DataAdapter))
+        or is_tf_dataset(data)
+        or is_torch_dataloader(data)
+        or is_grain_dataset(data)
+    )
+
+
+# --- Backends ---------------------------------------------------------------
+
+
+def torch_swap_storage(parameter, value):
+    """Makes a torch parameter use `value`'s storage; returns the old tensor.
+
+    Stands in for: a by-reference assign (`Variable.assign` copies). The
+    parameter object, which the optimizer and the model hold, stays the same.
+    """
+    previous = parameter.data
+    parameter.data = value
+    return previous
