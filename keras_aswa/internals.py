@@ -128,18 +128,15 @@ def call_has_training_arg(model) -> bool:
     return getattr(model, "_call_has_training_arg", True)
 
 
-def lora_frozen_weights(layer) -> list:
-    """The base weights a layer froze when LoRA was enabled on it.
+def created_non_trainable(layer) -> list:
+    """The variables `layer` itself created with `trainable=False`.
 
-    Stands in for: a public way to reach them. With LoRA, `Dense.kernel`,
-    `EinsumDense.kernel` and `Embedding.embeddings` return the merged
-    product, not the variable; the frozen variable is `_kernel` or
-    `_embeddings`.
+    Stands in for: a public view of what a layer made as state (such as
+    BatchNormalization's moving statistics), apart from what it made
+    trainable and was frozen later (`variable.trainable = False`, or LoRA's
+    base kernel), and apart from its sublayers' variables.
     """
-    if not getattr(layer, "lora_enabled", False):
-        return []
-    found = (getattr(layer, name, None) for name in ("_kernel", "_embeddings"))
-    return [v for v in found if isinstance(v, keras.Variable) and not v.trainable]
+    return list(layer._non_trainable_variables)
 
 
 def metric_direction(metric) -> str | None:

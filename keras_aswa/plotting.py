@@ -57,7 +57,8 @@ def plot_history(
     soft update and falls back to 1 on a hard one. For `SWA` there is only the
     size panel. The x axis is the epoch as `callback.history` records it:
     0-based, as Keras passes it to callbacks (Keras' progress bar prints it
-    plus one).
+    plus one); for a step-level callback (`update_freq=N`) it is the
+    optimizer step of each check.
 
     Every line carries a `gid` so that it can be found again:
     `"running"`, `"ensemble"`, `"provisional"`, `"decision:<name>"` and
@@ -108,8 +109,9 @@ def _pyplot():
     except ImportError as error:
         raise ImportError(
             "plot_history needs matplotlib, which keras-aswa does not install "
-            'by default. Install it with: pip install "keras-aswa[plot]" '
-            "(or pip install matplotlib)."
+            "by default. Install it with: pip install matplotlib (or with the "
+            '"plot" extra: pip install ".[plot]" in a checkout, or '
+            'pip install "keras-aswa[plot]" once keras-aswa is on PyPI).'
         ) from error
     return plt
 
@@ -176,10 +178,17 @@ def _axes(plt, ax, two_panels: bool, figsize):
     return None, ax, ax.figure
 
 
+def _x_axis(records) -> tuple[list, str]:
+    # Step-level callbacks (update_freq=N) record the optimizer step.
+    if all("step" in r for r in records):
+        return [r["step"] for r in records], "training step"
+    return [r["epoch"] for r in records], "epoch"
+
+
 def _plot_aswa(plt, callback, records, ax, title, figsize):
     top, bottom, fig = _axes(plt, ax, True, figsize)
     twin = ax is not None and not isinstance(ax, Sequence)
-    epochs = [r["epoch"] for r in records]
+    epochs, xlabel = _x_axis(records)
     running = [_value(r.get("running")) for r in records]
     provisional = [_value(r.get("provisional")) for r in records]
     ensemble = [_value(r.get("ensemble_score")) for r in records]
@@ -263,9 +272,9 @@ def _plot_aswa(plt, callback, records, ax, title, figsize):
         # Size shares the panel: one legend for both axes.
         handles += size_line
         labels.append("ensemble size")
-        top.set_xlabel("epoch")
+        top.set_xlabel(xlabel)
     else:
-        bottom.set_xlabel("epoch")
+        bottom.set_xlabel(xlabel)
         bottom.grid(True, alpha=0.3)
     top.legend(handles, labels, fontsize="small", ncols=2, loc="best")
     if title is None:
@@ -277,7 +286,7 @@ def _plot_aswa(plt, callback, records, ax, title, figsize):
 
 def _plot_swa(plt, callback, records, ax, title, figsize):
     _, axes, fig = _axes(plt, ax, False, figsize)
-    epochs = [r["epoch"] for r in records]
+    epochs, xlabel = _x_axis(records)
     sizes = [r["ensemble_size"] for r in records]
     axes.plot(
         epochs,
@@ -289,7 +298,7 @@ def _plot_swa(plt, callback, records, ax, title, figsize):
         label="average size",
         gid="ensemble_size",
     )
-    axes.set_xlabel("epoch")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("snapshots averaged")
     axes.set_ylim(0, max(sizes) + 1)
     axes.grid(True, alpha=0.3)

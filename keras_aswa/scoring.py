@@ -115,7 +115,8 @@ class DataValidation(Scorer):
             `(x, y, sample_weight)` tuple or list, or anything
             `model.evaluate` accepts as `x` alone (a dataset).
         batch_size: Passed to `model.evaluate` for array data.
-        steps: How many batches of `data` each evaluation uses (None: all).
+        steps: How many batches of `data` each evaluation uses (None: all);
+            arrays are then batched by `batch_size`, or 32.
     """
 
     def __init__(self, monitor: str, data, batch_size: int | None = None, steps=None):
@@ -152,6 +153,11 @@ class DataValidation(Scorer):
 
     def current(self, model):
         x, y, sample_weight = unpack_x_y_sample_weight(self.data)
+        batch_size = self.batch_size
+        if self.steps is not None and not internals.is_data_source(x):
+            # With `steps`, Keras splits arrays into that many batches: give
+            # the batch size, so that `steps` batches are the first ones.
+            batch_size = batch_size or 32
         fit_function = model.test_function
         model.test_function = self._test_function
         try:
@@ -159,7 +165,7 @@ class DataValidation(Scorer):
                 x,
                 y,
                 sample_weight=sample_weight,
-                batch_size=self.batch_size,
+                batch_size=batch_size,
                 steps=self.steps,
                 verbose=0,
                 return_dict=True,

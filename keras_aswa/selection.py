@@ -3,15 +3,18 @@
 Only what training changes needs a copy: averaging a variable that never
 moves gives the variable back. By default an average holds
 
-- every trainable variable, and
-- the non-trainable floating-point variables of trainable layers: what a
-  layer updates itself in training, such as BatchNormalization's moving
+- the model's trainable variables (`model.trainable_weights`, as Keras
+  decides them: the variables whose `trainable` flag is set, in a model that
+  is trainable), and
+- the floating-point state that trainable layers create as non-trainable and
+  update themselves in training, such as BatchNormalization's moving
   statistics,
 
-and leaves out frozen variables: every variable of a layer with
-`trainable=False` (a frozen backbone, an embedding frozen by hand) and the
-base weights that LoRA froze (`layer.enable_lora(rank)` keeps the layer
-trainable and freezes its kernel). Variables that are not floating point
+and leaves out frozen variables: the weights of a layer set to
+`trainable=False` (a frozen backbone, an embedding frozen by hand), a
+variable frozen with `variable.trainable = False`, and the base kernels that
+LoRA froze (`layer.enable_lora(rank)` keeps the layer trainable, freezes its
+kernel and trains two small factors). Variables that are not floating point
 (counters, seed-generator states, int8 kernels) are never averaged. The
 choice is made when a `fit` begins, so un-freezing a layer between two `fit`
 calls is seen by the second one.
@@ -53,12 +56,11 @@ def averaged_variables(model, variables: str | Sequence | None = None) -> list:
     """
     weights = list(model.weights)
     if variables is None:
-        frozen = set()
+        trained = {id(v) for v in model.trainable_weights}
         for layer in internals.flatten_layers(model):
-            if not layer.trainable:
-                frozen.update(id(v) for v in layer.weights)
-            frozen.update(id(v) for v in internals.lora_frozen_weights(layer))
-        chosen = [v for v in weights if id(v) not in frozen]
+            if layer.trainable:
+                trained.update(id(v) for v in internals.created_non_trainable(layer))
+        chosen = [v for v in weights if id(v) in trained]
     elif isinstance(variables, str) and variables == ALL:
         chosen = weights
     else:

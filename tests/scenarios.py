@@ -6,6 +6,8 @@ and sees the same batches on every backend.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 
@@ -83,6 +85,67 @@ def aswa_run(callbacks, seed: int = 0, dtype=None, epochs: int = EPOCHS, **fit_k
     model = regression_model(seed, dtype=dtype)
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     return fit_regression(model, callbacks, seed, epochs, **fit_kw)
+
+
+BN_EPSILON = 1e-3  # Keras' BatchNormalization default
+
+
+def numpy_mse(weights, x, y):
+    """The regression model's loss computed in numpy, independently of Keras.
+
+    `weights` in the order of `model.weights`: Dense kernel and bias, BN gamma,
+    beta, moving mean and variance, Dense kernel and bias.
+    """
+    k1, b1, gamma, beta, mean, var, k2, b2 = (
+        np.asarray(w, np.float64) for w in weights
+    )
+    h = np.tanh(x @ k1 + b1)
+    h = (h - mean) / np.sqrt(var + BN_EPSILON) * gamma + beta
+    return float(np.mean((h @ k2 + b2 - y) ** 2))
+
+
+def replay(snapshots, history, float_mask, mode="min"):
+    """ASWA replayed in numpy from the running snapshots and recorded scores.
+
+    `snapshots` are keyed by epoch, or by step for step-level records.
+    Returns the final ensemble and the provisional ensembles built, by the
+    same keys.
+    """
+
+    def better(a, b):
+        if not math.isfinite(a):
+            return False
+        return not math.isfinite(b) or (a < b if mode == "min" else a > b)
+
+    ensemble, n, best, provisionals = None, 0, None, {}
+    for record in history:
+        theta = snapshots[record.get("step", record["epoch"])]
+        r = record["running"]
+        if ensemble is None:
+            ensemble, n, best = [t.astype(np.float32) for t in theta], 1, r
+            assert record["decision"] == "init"
+            continue
+        prov = [
+            e + (t.astype(np.float32) - e) / np.float32(n + 1) if f else t
+            for e, t, f in zip(ensemble, theta, float_mask, strict=True)
+        ]
+        provisionals[record.get("step", record["epoch"])] = prov
+        p = record["provisional"]
+        if better(r, p) and better(r, best):
+            expected, ensemble, n, best = (
+                "hard",
+                [t.astype(np.float32) for t in theta],
+                1,
+                r,
+            )
+        elif better(p, best):
+            expected, ensemble, n, best = "soft", prov, n + 1, p
+        else:
+            expected = "reject"
+        assert record["decision"] == expected, record
+        assert record["ensemble_size"] == n
+        assert record["ensemble_score"] == best
+    return ensemble, provisionals
 
 
 class SnapshotRecorder(keras.callbacks.Callback):

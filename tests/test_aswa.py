@@ -13,13 +13,13 @@ from scenarios import (
     SnapshotRecorder,
     aswa_run,
     fit_regression,
+    numpy_mse,
     regression_data,
     regression_model,
+    replay,
 )
 
 from keras_aswa import ASWA
-
-BN_EPSILON = 1e-3  # Keras' BatchNormalization default
 
 
 class StepCounter(keras.layers.Layer):
@@ -34,62 +34,6 @@ class StepCounter(keras.layers.Layer):
         if training:
             self.steps.assign(self.steps + 1)
         return x
-
-
-def numpy_mse(weights, x, y):
-    """The regression model's loss computed in numpy, independently of Keras.
-
-    `weights` in the order of `model.weights`: Dense kernel and bias, BN gamma,
-    beta, moving mean and variance, Dense kernel and bias.
-    """
-    k1, b1, gamma, beta, mean, var, k2, b2 = (
-        np.asarray(w, np.float64) for w in weights
-    )
-    h = np.tanh(x @ k1 + b1)
-    h = (h - mean) / np.sqrt(var + BN_EPSILON) * gamma + beta
-    return float(np.mean((h @ k2 + b2 - y) ** 2))
-
-
-def replay(snapshots, history, float_mask, mode="min"):
-    """ASWA replayed in numpy from the running snapshots and recorded scores.
-
-    Returns the final ensemble and the provisional ensembles built, by epoch.
-    """
-
-    def better(a, b):
-        if not math.isfinite(a):
-            return False
-        return not math.isfinite(b) or (a < b if mode == "min" else a > b)
-
-    ensemble, n, best, provisionals = None, 0, None, {}
-    for record in history:
-        theta = snapshots[record["epoch"]]
-        r = record["running"]
-        if ensemble is None:
-            ensemble, n, best = [t.astype(np.float32) for t in theta], 1, r
-            assert record["decision"] == "init"
-            continue
-        prov = [
-            e + (t.astype(np.float32) - e) / np.float32(n + 1) if f else t
-            for e, t, f in zip(ensemble, theta, float_mask, strict=True)
-        ]
-        provisionals[record["epoch"]] = prov
-        p = record["provisional"]
-        if better(r, p) and better(r, best):
-            expected, ensemble, n, best = (
-                "hard",
-                [t.astype(np.float32) for t in theta],
-                1,
-                r,
-            )
-        elif better(p, best):
-            expected, ensemble, n, best = "soft", prov, n + 1, p
-        else:
-            expected = "reject"
-        assert record["decision"] == expected, record
-        assert record["ensemble_size"] == n
-        assert record["ensemble_score"] == best
-    return ensemble, provisionals
 
 
 def test_final_weights_equal_numpy_replay():
@@ -319,11 +263,19 @@ def test_non_finite_scores_never_initialise():
     assert all(math.isnan(v) for v in model.history.history["aswa_val_loss"])
 
 
-def test_verbose_prints_one_line_per_epoch(capsys):
-    aswa_run([ASWA(verbose=1)], epochs=3)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": ASWA " in ln]
-    assert len(lines) == 3
-    assert "init" in lines[0] and "size 1" in lines[0]
+def test_verbose_prints_a_legend_and_one_line_per_epoch(capsys):
+    aswa = ASWA(verbose=1)
+    aswa_run([aswa], epochs=3)
+    out = capsys.readouterr().out.splitlines()
+    legend = [ln for ln in out if ln.startswith("ASWA: r = running model")]
+    lines = [ln for ln in out if ln.startswith("ASWA epoch ")]
+    assert len(legend) == 1 and len(lines) == 3
+    assert lines[0].startswith("ASWA epoch 0: init (first scored epoch): r val_loss=")
+    assert "size 1" in lines[0]
+    # Eight decimals, and the ensemble's score before and after the decision.
+    second = aswa.history[1]
+    assert f"r val_loss={second['running']:.8f}" in lines[1]
+    assert f"-> {second['ensemble_score']:.8f}" in lines[1]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -362,3 +314,40 @@ def test_host_offload_ends_like_the_device_ensemble():
     ]
     for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(16, activation="tanh")
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.Sequential(
+            [keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)]
+        ),
+        Subclassed,
+    ],
+    ids=["sequential-without-input", "subclassed"],
+)
+def test_model_not_built_before_fit(make):
+    # On TensorFlow such a model has no weights when training begins.
+    keras.utils.set_random_seed(3)
+    recorder, aswa = SnapshotRecorder(), ASWA()
+    model = make()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    fit_regression(model, [recorder, aswa])
+    assert "soft" in {h["decision"] for h in aswa.history}
+    assert len(aswa._average.variables) == 4
+    float_mask = [True] * 4
+    ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
+    for got, want in zip(model.get_weights(), ensemble, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    _, (xv, yv) = regression_data()
+    assert model.evaluate(xv, yv, verbose=0) == pytest.approx(aswa.best_score, rel=1e-5)

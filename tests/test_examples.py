@@ -37,8 +37,11 @@ def test_quickstart(tmp_path, monkeypatch, capsys):
         monkeypatch=monkeypatch,
         capsys=capsys,
     )
-    assert "Epoch 1: ASWA init" in out
-    assert "Epoch 3: ASWA" in out and "Epoch 4:" not in out
+    # The legend, then one row per epoch, numbered from 0 as in the plot.
+    assert "Epochs count from 0, as in aswa.history and plot_history" in out
+    rows = out.split("decision  size\n")[1].split("final ensemble")[0].splitlines()
+    assert [row.split()[0] for row in rows] == ["0", "1", "2"]
+    assert rows[0].split()[1:] == [rows[0].split()[1], "-", "-", "-", "init", "1"]
     assert "test accuracy, ASWA ensemble:" in out
     assert plot.stat().st_size > 10_000
 
@@ -58,7 +61,7 @@ def test_fashion_mnist(tmp_path, monkeypatch, capsys):
         monkeypatch=monkeypatch,
         capsys=capsys,
     )
-    assert "Epoch 1: ASWA init" in out and "Epoch 2: ASWA" in out
+    assert "ASWA epoch 0: init" in out and "ASWA epoch 1: " in out
     assert "test accuracy, ASWA ensemble:" in out
     assert plot.stat().st_size > 10_000
 
@@ -74,8 +77,8 @@ def test_link_prediction(monkeypatch, capsys):
     out = run_example(
         "link_prediction.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys
     )
-    assert "Epoch 1: ASWA init: running val_mrr=" in out
-    assert "Epoch 3: ASWA" in out
+    assert "ASWA epoch 0: init (first scored epoch): r val_mrr=" in out
+    assert "ASWA epoch 2: " in out
     assert "test filtered MRR, ASWA ensemble:" in out
 
 
@@ -143,7 +146,10 @@ def test_notebook(monkeypatch):
     ]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"on {keras.backend.backend()}" in text
-    assert "Epoch 3: ASWA" in text and "Epoch 4:" not in text
+    # The decision table: epochs 0 to 2, numbered as in the plot.
+    rows = text.split("decision  size\n")[1].split("test accuracy")[0].splitlines()
+    assert [row.split()[0] for row in rows] == ["0", "1", "2"]
+    assert rows[0].split()[-2:] == ["init", "1"]
     assert "test accuracy, ASWA ensemble of" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1  # plot_history's figure
@@ -158,6 +164,7 @@ def test_examples_are_all_tested():
         "fashion_mnist.py",
         "link_prediction.py",
         "quickstart.ipynb",
+        "finetune_lora.py",  # in test_finetune_example.py (needs keras-hub)
     }
     assert {
         p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".ipynb")

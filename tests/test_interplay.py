@@ -162,3 +162,50 @@ def test_backup_and_restore_resumes_training_and_restarts_the_average(tmp_path):
         fit([keras.callbacks.BackupAndRestore(backup), second], model=model)
     # Keras resumed at epoch 3; the average starts again there.
     assert second.history[0]["epoch"] == 3 and second.history[0]["decision"] == "init"
+
+
+def test_interrupt_with_swap_on_epoch_gives_the_running_weights_back():
+    # Ctrl-C in a callback after ASWA's epoch end: the model holds the
+    # ensemble; the next fit puts the running weights back before training.
+    recorder, aswa = SnapshotRecorder(), ASWA(swap_on_epoch=True)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    class FirstBatch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not hasattr(self, "seen"):
+                self.seen = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
+
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    with pytest.raises(KeyboardInterrupt):
+        fit_regression(model, [recorder, aswa, Interrupt()], epochs=6)
+    held = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    ensemble = aswa.ensemble_weights()
+    for a, b in zip(held, ensemble, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    first = FirstBatch()
+    with pytest.warns(UserWarning, match="running weights were put back"):
+        fit_regression(model, [first, aswa], epochs=1)
+    for a, b in zip(first.seen, recorder.snapshots[3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("later", [SWA, ASWA])
+def test_averaging_after_swap_on_epoch_is_refused(later):
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    with pytest.raises(ValueError, match="before it"):
+        fit_regression(model, [ASWA(swap_on_epoch=True), later()], epochs=1)
+    # The other order is fine: the earlier one reads the running weights.
+    fit_regression(
+        model,
+        [
+            later(restore=False) if later is SWA else later(restore_best=False),
+            ASWA(swap_on_epoch=True),
+        ],
+        epochs=1,
+    )

@@ -220,3 +220,33 @@ def test_package_imports_without_matplotlib():
         "import keras_aswa; assert callable(keras_aswa.plot_history)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_step_level_history_is_plotted_by_step():
+    aswa = ASWA(update_freq=5, validation_data=(np.zeros((2, 1)), np.zeros((2, 1))))
+    aswa.monitor = "val_loss"
+    aswa.history = [
+        {
+            "epoch": 0,
+            "step": 5,
+            "running": 1.0,
+            "provisional": None,
+            "decision": "init",
+            "ensemble_size": 1,
+            "ensemble_score": 1.0,
+        },
+        {
+            "epoch": 0,
+            "step": 10,
+            "running": 0.9,
+            "provisional": 0.8,
+            "decision": "soft",
+            "ensemble_size": 2,
+            "ensemble_score": 0.8,
+        },
+    ]
+    fig = plot_history(aswa)
+    bottom = fig.axes[1]
+    assert bottom.get_xlabel() == "training step"
+    line = [ln for ln in bottom.get_lines() if ln.get_gid() == "ensemble_size"][0]
+    assert list(line.get_xdata()) == [5, 10]

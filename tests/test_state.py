@@ -202,3 +202,114 @@ def test_finished_run_clears_state_without_restore(tmp_path):
     state = str(tmp_path / "s")
     run(tmp_path / "k", ASWA(backup_dir=state, restore_best=False))
     assert load_states(state) == []
+
+
+class RaiseAt(keras.callbacks.Callback):
+    """Stops the run at the end of `epoch`, where it stands in the list."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.stop_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.stop_epoch:
+            raise RuntimeError("preempted")
+
+
+@pytest.mark.parametrize(
+    "make", [ASWA, lambda **kw: SWA(start_from_epoch=2, **kw)], ids=["ASWA", "SWA"]
+)
+def test_kill_after_keras_backup_and_before_the_callback_saves(tmp_path, make):
+    # [BackupAndRestore, X, callback]: Keras has saved epoch 5, the callback
+    # has not. The rerun replays the missed epoch end from Keras' weights.
+    whole = make(backup_dir=str(tmp_path / "a"))
+    expected = weights(run(tmp_path / "whole", whole))
+
+    state = str(tmp_path / "b")
+    model = compiled_model()
+    keras_dir = str(tmp_path / "k")
+    with pytest.raises(RuntimeError, match="preempted"):
+        fit_regression(
+            model,
+            [
+                keras.callbacks.BackupAndRestore(keras_dir),
+                RaiseAt(5),
+                make(backup_dir=state),
+            ],
+            epochs=EPOCHS,
+        )
+    resumed = make(backup_dir=state)
+    model = compiled_model()
+    fit_regression(
+        model,
+        [keras.callbacks.BackupAndRestore(keras_dir), resumed],
+        epochs=EPOCHS,
+    )
+    assert resumed.history == whole.history
+    for a, b in zip(weights(model), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def compiled_model():
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    return model
+
+
+def test_two_callbacks_sharing_a_backup_dir_are_refused(tmp_path):
+    state = str(tmp_path / "shared")
+    with pytest.raises(ValueError, match="share backup_dir"):
+        fit_regression(
+            compiled_model(),
+            [ASWA(backup_dir=state), SWA(backup_dir=state + "/")],
+            epochs=1,
+        )
+
+
+def test_state_written_with_other_arguments_is_an_error(tmp_path):
+    state = crashed_state(tmp_path)
+    before = sorted(os.listdir(state))
+    with pytest.raises(StateFileError, match="monitor") as info:
+        run(tmp_path / "k", ASWA(backup_dir=state, monitor="val_mse", mode="min"))
+    assert LATEST in str(info.value) and "same arguments" in str(info.value)
+    assert sorted(os.listdir(state)) == before
+
+
+def rewrite_meta(path, change):
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        payload = {k: data[k] for k in data.files}
+    meta = json.loads(str(payload["__meta__"]))
+    change(meta, payload)
+    payload["__meta__"] = np.array(json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **payload)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m, p: m.pop("signature"), "lacks \\['signature'\\]"),
+        (lambda m, p: m.update(format=99), "format version 99"),
+        (lambda m, p: p.update(a0=np.zeros((2, 2), "float32")), "do not match"),
+    ],
+    ids=["missing-key", "format", "shape"],
+)
+def test_damaged_metadata_names_the_file(tmp_path, change, message):
+    state = crashed_state(tmp_path)
+    path = os.path.join(state, LATEST)
+    rewrite_meta(path, change)
+    with pytest.raises(StateFileError, match=message) as info:
+        run(tmp_path / "k", ASWA(backup_dir=state))
+    assert path in str(info.value)
+    assert os.path.exists(path)
+
+
+def test_temporary_file_of_a_killed_write_does_not_outlive_the_run(tmp_path):
+    state = crashed_state(tmp_path)
+    stale = os.path.join(state, ".state-killed.npz")
+    with open(stale, "wb") as f:
+        f.write(b"half a state")
+    run(tmp_path / "k", ASWA(backup_dir=state))
+    assert os.listdir(state) == []

@@ -65,7 +65,8 @@ class ASWA(AveragingCallback):
             with an int `update_freq` (unless `score_fn` is given).
         validation_steps: With `validation_data`, how many of its batches
             each evaluation uses (None: all), so that a check costs a
-            fraction of an epoch.
+            fraction of an epoch. Arrays are batched by 32 for it, as
+            `evaluate` does by default.
         score_fn: `score_fn(model) -> float` scoring whatever weights the
             model holds, for metrics Keras cannot express (e.g. filtered MRR
             for link prediction). It scores the running and the provisional
@@ -115,8 +116,9 @@ class ASWA(AveragingCallback):
             as numpy arrays instead, for models that fill the accelerator, at
             the price of a device-to-host copy of the weights at each update
             and a host-to-device copy at each write.
-        verbose: 0 for silence, 1 for one line per epoch with the decision,
-            the scores and the ensemble size.
+        verbose: 0 for silence, 1 for one line per decision: the epoch
+            (0-based, as in `history`), the decision and why, the scores
+            and the ensemble size, after a legend line.
 
     Attributes:
         history: One dict per scored or skipped epoch (or check) with keys
@@ -272,6 +274,7 @@ class ASWA(AveragingCallback):
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta
             )
+        before = self.best_score
         self._apply(decision, running, provisional)
         record = {
             "epoch": epoch,
@@ -286,7 +289,9 @@ class ASWA(AveragingCallback):
         self.history.append(record)
         self._log(logs)
         if self.verbose:
-            self._print(self._describe(record))
+            if len(self.history) == 1:
+                self._print(_LEGEND)
+            self._print(self._describe(record, before))
 
     def _replayed_logs(self, epoch):
         # The running model's score of a replayed epoch end, as fit had it.
@@ -328,16 +333,31 @@ class ASWA(AveragingCallback):
     def _restore_state(self, meta):
         self.best_score = meta["best_score"]
 
-    def _describe(self, record):
+    def _describe(self, record, before):
         def fmt(x):
-            return "-" if x is None else f"{x:.4f}"
+            return "-" if x is None else f"{x:.8f}"
 
-        where = f"Epoch {record['epoch'] + 1}"
+        where = f"ASWA epoch {record['epoch']}"
         if "step" in record:
             where += f", step {record['step']}"
+        decision = record["decision"]
         return (
-            f"{where}: ASWA {record['decision']}: running "
-            f"{self.monitor}={fmt(record['running'])}, provisional="
-            f"{fmt(record['provisional'])}, ensemble={fmt(self.best_score)} "
+            f"{where}: {decision} ({_REASONS[decision]}): r {self.monitor}="
+            f"{fmt(record['running'])}, p={fmt(record['provisional'])}, "
+            f"e={fmt(before)} -> {fmt(self.best_score)} "
             f"(size {record['ensemble_size']})"
         )
+
+
+_LEGEND = (
+    "ASWA: r = running model, p = provisional ensemble (the ensemble with this "
+    "snapshot added), e = ensemble; epochs count from 0, as in aswa.history "
+    "and plot_history."
+)
+_REASONS = {
+    "init": "first scored epoch",
+    "hard": "r beats p and e",
+    "soft": "p beats e",
+    "reject": "p does not beat e",
+    "skip": "no usable score",
+}

@@ -145,10 +145,10 @@ class SWA(AveragingCallback):
                 record["step"] = step
             self.history.append(record)
             if self.verbose:
-                where = f"Epoch {epoch + 1}" + (
+                where = f"SWA epoch {epoch}" + (
                     "" if step is None else f", step {step}"
                 )
-                self._print(f"{where}: SWA averaged, size {self.ensemble_size}")
+                self._print(f"{where}: averaged, size {self.ensemble_size}")
         self._log(logs)
 
     def _log(self, logs):

@@ -1,0 +1,143 @@
+"""Each Keras or backend internal keras_aswa relies on is still there.
+
+When a Keras release removes one, the test of that function fails with a
+message naming it and what keras_aswa uses it for.
+"""
+
+import keras
+import numpy as np
+import pytest
+from scenarios import ADAM_LR, regression_data, regression_model
+
+from keras_aswa import internals
+
+
+def gone(function, why):
+    return (
+        f"keras_aswa.internals.{function} no longer finds what it relies on in "
+        f"Keras {keras.__version__}: {why}. Update it (see its docstring)."
+    )
+
+
+class Probe(keras.callbacks.Callback):
+    """Calls the `fit` probes from inside a running fit."""
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self.has_validation = internals.fit_has_validation(model)
+        self.callbacks = internals.fit_callbacks(model)
+        self.batch_size = internals.fit_batch_size(model)
+        self.validation = internals.fit_validation(model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        self.validates = [internals.fit_validates_at(model, e) for e in range(4)]
+        self.cached = internals.evaluate_fit_validation(model)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    probe = Probe()
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        batch_size=16,
+        validation_freq=2,
+        epochs=2,
+        verbose=0,
+        callbacks=[probe],
+    )
+    return probe, model, (xv, yv)
+
+
+def test_fit_frame(probe):
+    probe, model, (xv, yv) = probe
+    why = "fit's local variables (validation_data, callbacks, batch_size)"
+    assert probe.has_validation is True, gone("fit_has_validation", why)
+    assert probe in probe.callbacks, gone("fit_callbacks", why)
+    assert probe.batch_size == 16, gone("fit_batch_size", why)
+    assert probe.validation is not None, gone("fit_validation", "val_x, val_y")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(probe.validation["x"]), xv)
+    assert probe.validation["batch_size"] == 16
+
+
+def test_validation_schedule_and_cached_evaluation(probe):
+    probe, model, (xv, yv) = probe
+    assert probe.validates == [False, True, False, True], gone(
+        "fit_validates_at", "validation_freq"
+    )
+    assert probe.cached is not None, gone(
+        "evaluate_fit_validation",
+        "model._eval_epoch_iterator and evaluate(_use_cached_eval_dataset=True)",
+    )
+    assert probe.cached["loss"] == pytest.approx(
+        model.evaluate(xv, yv, verbose=0, batch_size=16), rel=1e-6
+    )
+
+
+def test_no_fit_frame_fails_open():
+    model = regression_model()
+    assert internals.fit_locals(model) is None
+    assert internals.fit_has_validation(model) is None
+    assert internals.fit_callbacks(model) == []
+    assert internals.fit_validation(model) is None
+
+
+def test_layers_and_call_signature():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.Sequential([keras.layers.Dense(2)])]
+    )
+    inner = model.layers[0].layers[0]
+    assert any(layer is inner for layer in internals.flatten_layers(model)), gone(
+        "flatten_layers", "Layer._flatten_layers"
+    )
+    assert internals.call_has_training_arg(model) is True, gone(
+        "call_has_training_arg", "Layer._call_has_training_arg"
+    )
+
+
+def test_created_non_trainable():
+    bn = keras.layers.BatchNormalization()
+    dense = keras.layers.Dense(4)
+    bn.build((None, 3))
+    dense.build((None, 3))
+    dense.enable_lora(2)  # freezes the kernel: not created non-trainable
+    dense.bias.trainable = False
+    found = [v.path for v in internals.created_non_trainable(bn)]
+    assert found == [bn.moving_mean.path, bn.moving_variance.path], gone(
+        "created_non_trainable", "Layer._non_trainable_variables"
+    )
+    assert internals.created_non_trainable(dense) == []
+
+
+def test_metric_direction():
+    assert internals.metric_direction(keras.metrics.Accuracy()) == "up", gone(
+        "metric_direction", "Metric._direction"
+    )
+    assert internals.metric_direction(keras.metrics.MeanSquaredError()) == "down"
+
+
+def test_data_adapter():
+    x = np.arange(10, dtype="float32").reshape(5, 2)
+    adapter = internals.data_adapter((x,), batch_size=2)
+    assert adapter.num_batches == 3, gone(
+        "data_adapter", "keras.src.trainers.data_adapters.get_data_adapter"
+    )
+    assert not internals.is_data_source(x)
+    assert internals.is_data_source(adapter)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch only")
+def test_torch_swap_storage():
+    variable = keras.Variable(np.zeros(3, "float32"))
+    parameter = variable.value
+    import torch
+
+    previous = internals.torch_swap_storage(parameter, torch.ones(3))
+    assert variable.value is parameter, gone("torch_swap_storage", "Parameter.data")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [1, 1, 1])
+    np.testing.assert_array_equal(previous.numpy(), [0, 0, 0])
