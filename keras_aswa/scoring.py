@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 from keras import ops
+from keras.utils import unpack_x_y_sample_weight
 
 from keras_aswa import internals
 
@@ -28,6 +29,9 @@ Score = float | None
 
 class Scorer:
     """How a callback gets its scores. Subclasses implement both methods."""
+
+    def on_train_begin(self, model) -> None:
+        """Checks what can be checked before training; resets per-fit state."""
 
     def running(self, model, logs: dict) -> Score:
         raise NotImplementedError
@@ -99,11 +103,17 @@ class FitValidation(Scorer):
 class DataValidation(Scorer):
     """Scores both models by evaluating on data given to the callback.
 
+    The evaluations run through a compiled test function of their own, kept
+    for the length of a `fit`: on TensorFlow, sharing `fit`'s would make it
+    retrace for a second input signature (labels of shape `(n,)` beside
+    `fit`'s `(n, 1)`) with relaxed shapes, which Keras' losses cannot handle.
+
     Args:
         monitor: The quantity; a leading `val_` is dropped to find it in the
             results of `model.evaluate`.
-        data: Anything `model.evaluate` accepts as `x`, or an `(x, y)` or
-            `(x, y, sample_weight)` tuple of arrays.
+        data: What `fit(validation_data=...)` accepts: an `(x, y)` or
+            `(x, y, sample_weight)` tuple or list, or anything
+            `model.evaluate` accepts as `x` alone (a dataset).
         batch_size: Passed to `model.evaluate` for array data.
         steps: How many batches of `data` each evaluation uses (None: all);
             arrays are then batched by `batch_size`, or 32.
@@ -114,26 +124,64 @@ class DataValidation(Scorer):
         self.data = data
         self.batch_size = batch_size
         self.steps = steps
+        self._test_function = None
+
+    def __deepcopy__(self, memo):
+        # The data is shared (see `deepcopy_sharing_data`), and a compiled
+        # function belongs to the model it was traced for.
+        copied = type(self)(self.monitor, self.data, self.batch_size, self.steps)
+        memo[id(self)] = copied
+        return copied
+
+    def on_train_begin(self, model):
+        self._test_function = None  # a new fit, maybe another model
+        x, y, _ = unpack_x_y_sample_weight(self.data)
+        # Arrays without labels, for a model whose compiled loss needs them:
+        # found now, not after the first epoch trained.
+        parts = list(x.values()) if isinstance(x, dict) else x
+        parts = parts if isinstance(parts, list | tuple) else [parts]
+        arrays = bool(parts) and all(hasattr(p, "shape") for p in parts)
+        if y is None and arrays and getattr(model, "loss", None) is not None:
+            raise ValueError(
+                "The callback's validation_data holds no labels: pass "
+                "validation_data=(x_val, y_val) (or (x_val, y_val, "
+                "sample_weight)), as to fit, or a dataset of (x, y) batches."
+            )
 
     def running(self, model, logs):
         return self.current(model)
 
     def current(self, model):
-        x, y, sample_weight = _unpack(self.data)
+        x, y, sample_weight = unpack_x_y_sample_weight(self.data)
         batch_size = self.batch_size
         if self.steps is not None and not internals.is_data_source(x):
             # With `steps`, Keras splits arrays into that many batches: give
             # the batch size, so that `steps` batches are the first ones.
             batch_size = batch_size or 32
-        results = model.evaluate(
-            x,
-            y,
-            sample_weight=sample_weight,
-            batch_size=batch_size,
-            steps=self.steps,
-            verbose=0,
-            return_dict=True,
-        )
+        fit_function = model.test_function
+        model.test_function = self._test_function
+        try:
+            results = model.evaluate(
+                x,
+                y,
+                sample_weight=sample_weight,
+                batch_size=batch_size,
+                steps=self.steps,
+                verbose=0,
+                return_dict=True,
+            )
+        except (ValueError, TypeError) as e:
+            error = ValueError if isinstance(e, ValueError) else TypeError
+            raise error(
+                "Evaluating the model on the callback's validation_data failed "
+                f"({type(e).__name__}: {e}). validation_data takes what fit's "
+                "validation_data takes: (x_val, y_val), (x_val, y_val, "
+                "sample_weight) or a dataset of such batches, shaped as the "
+                "model's inputs and outputs."
+            ) from e
+        finally:
+            self._test_function = model.test_function
+            model.test_function = fit_function
         return _evaluated(results, self.monitor)
 
 
@@ -179,9 +227,3 @@ def as_score(value, source: str) -> float:
             f"tensor); it returned {value!r}."
         ) from None
     return score
-
-
-def _unpack(data):
-    if isinstance(data, tuple) and 1 <= len(data) <= 3:
-        return tuple(data) + (None,) * (3 - len(data))
-    return data, None, None

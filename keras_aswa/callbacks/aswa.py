@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from keras_aswa import internals
+from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 from keras_aswa.decision import decide, resolve_mode
 from keras_aswa.scoring import (
@@ -162,6 +163,7 @@ class ASWA(AveragingCallback):
         offload: str | None = None,
         verbose: int = 0,
     ):
+        verbose = arguments.verbosity(verbose)
         super().__init__(
             restore=restore_best,
             update_freq=update_freq,
@@ -175,11 +177,9 @@ class ASWA(AveragingCallback):
         )
         if mode not in ("auto", "min", "max"):
             resolve_mode(monitor, mode)  # raises, saying what to pass
-        if not isinstance(start_from_epoch, int) or start_from_epoch < 0:
-            raise ValueError(
-                "start_from_epoch must be a non-negative int (a 0-based epoch "
-                f"index); got {start_from_epoch!r}."
-            )
+        start_from_epoch = arguments.epoch_index("start_from_epoch", start_from_epoch)
+        min_delta = arguments.min_delta(min_delta)
+        arguments.validation_data(validation_data)
         if validation_data is not None and score_fn is not None:
             raise ValueError(
                 "Pass either validation_data or score_fn, not both: score_fn "
@@ -200,13 +200,15 @@ class ASWA(AveragingCallback):
             )
         self.monitor = monitor
         self.mode = mode
-        self.min_delta = abs(min_delta)
+        self.min_delta = min_delta
         self.start_from_epoch = start_from_epoch
         self.validation_data = validation_data
         self.validation_steps = validation_steps
         self.score_fn = score_fn
         self._scorer = self._make_scorer()
         self._reset()
+
+    __deepcopy__ = arguments.deepcopy_sharing_data
 
     @property
     def restore_best(self) -> bool:
@@ -234,6 +236,7 @@ class ASWA(AveragingCallback):
         super().on_train_begin(logs)
         self._reset()
         model = self.model
+        self._scorer.on_train_begin(model)
         if (
             isinstance(self._scorer, FitValidation)
             and internals.fit_has_validation(model) is False

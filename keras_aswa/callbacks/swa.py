@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 
 
@@ -96,6 +97,7 @@ class SWA(AveragingCallback):
         offload: str | None = None,
         verbose: int = 0,
     ):
+        verbose = arguments.verbosity(verbose)
         super().__init__(
             restore=restore,
             update_freq=update_freq,
@@ -107,22 +109,12 @@ class SWA(AveragingCallback):
             offload=offload,
             verbose=verbose,
         )
-        if isinstance(start_from_epoch, float) and not 0 < start_from_epoch < 1:
-            raise ValueError(
-                "A float start_from_epoch is a fraction of the epochs and must "
-                f"lie in (0, 1); got {start_from_epoch!r}. Pass an int for an "
-                "epoch index."
-            )
-        if isinstance(start_from_epoch, bool) or not (
-            isinstance(start_from_epoch, float)
-            or (isinstance(start_from_epoch, int) and start_from_epoch >= 0)
-        ):
-            raise ValueError(
-                "start_from_epoch must be a non-negative int (a 0-based epoch "
-                f"index) or a float in (0, 1); got {start_from_epoch!r}."
-            )
-        if not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"frequency must be an int >= 1; got {frequency!r}.")
+        start_from_epoch = arguments.epoch_index_or_fraction(
+            "start_from_epoch", start_from_epoch
+        )
+        frequency = arguments.positive_int(
+            "frequency", frequency, "average every frequency-th epoch"
+        )
         if frequency != 1 and self.update_freq != "epoch":
             raise ValueError(
                 f"frequency={frequency!r} counts epochs, and update_freq="
@@ -131,6 +123,8 @@ class SWA(AveragingCallback):
             )
         self.start_from_epoch = start_from_epoch
         self.frequency = frequency
+
+    __deepcopy__ = arguments.deepcopy_sharing_data
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)

@@ -1,0 +1,275 @@
+"""Fault injection: a run killed at any point resumes to the same ensemble.
+
+A child process (tests/fault_child.py, a fork server that imports Keras once)
+trains a small model with `keras.callbacks.BackupAndRestore` and
+`ASWA(backup_dir=...)` or `SWA(backup_dir=...)`, in either order, and dies with
+`os._exit` at one point of one epoch: before or after either callback's
+`on_epoch_end`, inside the averaging callback's evaluation, halfway through
+writing its state file, or just before the rename that publishes it. Then the
+same command runs again, without the kill, to the end. It must end with
+exactly the ensemble, history and model of an uninterrupted run, and leave no
+file behind; or, where the state on disk cannot be used, stop with an error
+that names the file and the way out, deleting nothing.
+
+Every process costs seconds of tracing and compiling, so the whole matrix
+(marked `faults`) kills one run at every point in turn, a point an epoch,
+each in the run resumed after the previous kill, and compares only the end;
+the unmarked tests, a quick subset, kill single points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KILLED = 3  # fault_child.KILLED
+KILL_EPOCH = 2  # of fault_child.EPOCHS = 9, for the single kills
+STEP_FREQ = 2  # training batches between two checks; 4 batches an epoch
+
+ORDERS = ["keras_first", "aswa_first"]
+SLOTS = ["slot0", "slot1", "slot2"]  # before, between, after the two callbacks
+WRITES = [("savez", 1), ("replace", 1), ("replace", 2)]
+
+
+class ForkServer:
+    """Talks to one fault_child.py process for the whole module."""
+
+    def __init__(self, log_dir):
+        self.stderr = open(os.path.join(log_dir, "server.log"), "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fault_child.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=os.path.dirname(HERE),
+        )
+
+    def run(self, job: dict) -> tuple[int | str, dict]:
+        """Runs one job; returns the child's exit status and result.json."""
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"the fault server died; see {self.stderr.name}: "
+                + open(self.stderr.name).read()[-3000:]
+            )
+        status = json.loads(line)["status"]
+        path = os.path.join(job["workdir"], "result.json")
+        result = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+        return status, result
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = ForkServer(str(tmp_path_factory.mktemp("fault_server")))
+    yield s
+    s.close()
+
+
+_references: dict = {}
+
+
+def log_tail(workdir: str) -> str:
+    path = os.path.join(workdir, "log.txt")
+    return open(path).read()[-4000:] if os.path.exists(path) else "(no log)"
+
+
+def arrays(workdir: str) -> dict:
+    with np.load(os.path.join(workdir, "result.npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+def reference(server, tmp_path_factory, callback, update_freq):
+    """The uninterrupted run, once per callback and frequency."""
+    key = (callback, update_freq)
+    if key not in _references:
+        workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+        job = {"workdir": workdir, "callback": callback, "update_freq": update_freq}
+        status, result = server.run(job)
+        failure = result.get("traceback") or log_tail(workdir)
+        assert status == 0 and "error" not in result, failure
+        _references[key] = (result, arrays(workdir))
+    return _references[key]
+
+
+def files(directory: str) -> dict:
+    """{relative path: bytes} of everything under `directory`."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = f.read()
+    return found
+
+
+def kill_and_rerun(server, workdir, job, kill, damage=None):
+    """Kills a run at `kill`, (optionally damages its state), reruns it."""
+    status, _ = server.run(dict(job, kill=kill))
+    assert status == KILLED, (
+        f"the kill point {kill} was never reached (exit status {status}): "
+        f"the test no longer tests it.\n{log_tail(workdir)}"
+    )
+    state = os.path.join(workdir, "state")
+    if damage is not None:
+        damage(state)
+    on_disk = files(state)
+    status, result = server.run(job)
+    assert status == 0, log_tail(workdir)
+    # The child trained with this checkout's package, not an installed one.
+    assert result["package"].startswith(os.path.dirname(HERE)), result["package"]
+    return on_disk, result
+
+
+def assert_error_names_file_and_way_out(result, on_disk, state):
+    error = result["error"]
+    assert any(os.path.join(state, name) in error for name in on_disk), (
+        f"the error names no state file of {sorted(on_disk)}: {error}"
+    )
+    assert "delete" in error or "backup_dir" in error, (
+        f"the error does not say what to do: {error}"
+    )
+    assert files(state) == on_disk, "the failed rerun changed or deleted state files"
+
+
+def check_resumed(server, tmp_path_factory, workdir, job, kills):
+    """Kills the run at each of `kills` in turn, then lets it finish."""
+    expected, expected_arrays = reference(
+        server, tmp_path_factory, job["callback"], job["update_freq"]
+    )
+    state = os.path.join(workdir, "state")
+    for i, kill in enumerate(kills):
+        status, result = server.run(dict(job, kill=kill))
+        assert "error" not in result, (
+            f"after kills {kills[:i]}, the rerun stopped:\n{result['error']}"
+        )
+        assert status == KILLED, (
+            f"the kill point {kill} was never reached (exit status {status}, "
+            f"after kills {kills[:i]}): the test no longer tests it.\n"
+            f"{log_tail(workdir)}"
+        )
+    on_disk = files(state)
+    status, result = server.run(job)
+    assert status == 0, log_tail(workdir)
+    assert result["package"].startswith(os.path.dirname(HERE)), result["package"]
+    if "error" in result:
+        assert_error_names_file_and_way_out(result, on_disk, state)
+        pytest.fail(
+            f"killed at {kills}, the rerun stopped instead of resuming:\n"
+            f"{result['error']}\n(state files then: {sorted(on_disk)})"
+        )
+    assert result["history"] == expected["history"], f"killed at {kills}"
+    assert result["ensemble_size"] == expected["ensemble_size"]
+    got = arrays(workdir)
+    assert sorted(got) == sorted(expected_arrays)
+    for name in sorted(expected_arrays):
+        np.testing.assert_array_equal(
+            got[name], expected_arrays[name], err_msg=f"{name}, killed at {kills}"
+        )
+    # A finished run leaves nothing behind, temporaries included.
+    assert result["state_after"] == {}, result["state_after"]
+    assert result["keras_after"] == {}, result["keras_after"]
+
+
+def points(callback, update_freq):
+    """Every kill point of one epoch (or of a check at step level)."""
+    if update_freq == "epoch":
+        found = [(slot, 1) for slot in SLOTS] + list(WRITES)
+        evaluation = ("eval", 1)  # the provisional (fit's logs give the running)
+    else:
+        # A batch between two checks, and the first check's state write.
+        found = [("batch", 3), ("savez", 1), ("replace", 1)]
+        evaluation = ("eval", 2)  # the provisional of the first check
+    return found + ([evaluation] if callback == "aswa" else [])
+
+
+def chains():
+    """One run per callback, order and frequency, killed at every point.
+
+    The kills fall in successive epochs (2, 3, ...: SWA averages from epoch 1
+    on), each in the run resumed after the one before, so that one sequence
+    of processes covers every point; the quick tests below kill single
+    points.
+    """
+    cases = []
+    for update_freq in ("epoch", STEP_FREQ):
+        for callback in ("aswa", "swa"):
+            for order in ORDERS:
+                kills = [
+                    [point, epoch, n]
+                    for epoch, (point, n) in enumerate(
+                        points(callback, update_freq), start=2
+                    )
+                ]
+                freq = "epoch" if update_freq == "epoch" else f"step{update_freq}"
+                cases.append(
+                    pytest.param(
+                        callback,
+                        order,
+                        update_freq,
+                        kills,
+                        id=f"{callback}-{order}-{freq}",
+                    )
+                )
+    return cases
+
+
+QUICK = [
+    pytest.param("aswa", "aswa_first", ["slot1", KILL_EPOCH, 1], id="aswa-slot1"),
+    pytest.param("aswa", "keras_first", ["eval", KILL_EPOCH, 1], id="aswa-eval1"),
+    pytest.param("swa", "keras_first", ["savez", KILL_EPOCH, 1], id="swa-savez1"),
+    # Killed while the average is still empty (SWA starts at epoch 1): the
+    # state saved at epoch 0 holds no arrays.
+    pytest.param("swa", "aswa_first", ["slot0", 1, 1], id="swa-empty-average"),
+]
+
+
+@pytest.mark.parametrize("callback, order, kill", QUICK)
+def test_quick_kill_resume(server, tmp_path_factory, tmp_path, callback, order, kill):
+    job = {"workdir": str(tmp_path), "callback": callback, "order": order}
+    job["update_freq"] = "epoch"
+    check_resumed(server, tmp_path_factory, str(tmp_path), job, [kill])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("callback, order, update_freq, kills", chains())
+def test_killed_at_every_point(
+    server, tmp_path_factory, tmp_path, callback, order, update_freq, kills
+):
+    job = {"workdir": str(tmp_path), "callback": callback, "order": order}
+    job["update_freq"] = update_freq
+    check_resumed(server, tmp_path_factory, str(tmp_path), job, kills)
+
+
+def test_damaged_state_stops_the_rerun_naming_the_file(server, tmp_path):
+    # Killed after both callbacks saved epoch 2; then the latest state file
+    # is cut short (a disk fault). The rerun must not guess: it stops, names
+    # the file and the way out, and leaves every file as it was.
+    def truncate_latest(state):
+        path = os.path.join(state, "state.npz")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+    workdir = str(tmp_path)
+    job = {"workdir": workdir, "callback": "aswa", "order": "aswa_first"}
+    on_disk, result = kill_and_rerun(
+        server, workdir, job, ["slot2", KILL_EPOCH, 1], damage=truncate_latest
+    )
+    assert "error" in result, "the rerun used a truncated state file"
+    assert_error_names_file_and_way_out(result, on_disk, os.path.join(workdir, "state"))
