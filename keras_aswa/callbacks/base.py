@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import keras
@@ -12,6 +11,7 @@ from keras import ops
 from keras_aswa import internals, kernels, selection
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
+from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.peers import check_peers
 from keras_aswa.distribute import is_chief
 from keras_aswa.isolation import rng_preserved
@@ -72,16 +72,7 @@ class AveragingCallback(keras.callbacks.Callback):
         super().__init__()
         WeightAverage([], offload=offload)  # checks the value now
         selection.check_argument(variables)
-        if update_freq != EPOCH and (
-            isinstance(update_freq, bool)
-            or not isinstance(update_freq, numbers.Integral)
-            or update_freq < 1
-        ):
-            raise ValueError(
-                f"update_freq={update_freq!r}: pass 'epoch' to act at every "
-                "epoch end, or a positive int N to act every N training "
-                "batches."
-            )
+        update_freq = arguments.update_frequency("update_freq", update_freq)
         if batchnorm not in BATCHNORM_MODES:
             raise ValueError(
                 f"batchnorm={batchnorm!r} is not one of {BATCHNORM_MODES}: "
@@ -96,7 +87,7 @@ class AveragingCallback(keras.callbacks.Callback):
                 "(a few hundred batches are plenty)."
             )
         self.restore = restore
-        self.update_freq = update_freq if update_freq == EPOCH else int(update_freq)
+        self.update_freq = update_freq
         self.variables = variables
         self.swap_on_epoch = swap_on_epoch
         self.batchnorm = batchnorm
@@ -313,11 +304,12 @@ class AveragingCallback(keras.callbacks.Callback):
                 "a new average."
             )
         arrays, meta = found
-        self._resumed = (arrays, meta["count"])
+        # A state saved before the first averaged epoch holds no average.
+        self._resumed = (arrays, meta["count"]) if meta["count"] else None
         self.history = meta["history"]
         self._restore_state(meta)
         self._store.free()
-        if self._average is not None:
+        if self._average is not None and self._resumed is not None:
             self._average.load(*self._resumed)
             self._resumed = None
         if missed is not None:
