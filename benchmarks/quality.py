@@ -1012,9 +1012,26 @@ def _relative(path: str, out: Path) -> str:
     return os.path.relpath(Path(path).resolve(), out.resolve())
 
 
+def _run_header(title: str, kind: str, result: dict) -> list[str]:
+    """A report's title and the run it comes from: command, machine, versions."""
+    env = result["environment"]
+    return [
+        title,
+        "",
+        f"{kind}; backend **{env['backend']}**; seeds {result['seeds']}; "
+        f"{result['date']}; runtime {result['runtime_seconds'] / 60:.1f} min.",
+        "",
+        f"- command: `{result['command']}`",
+        f"- machine: {env['nproc']} cores ({env['cpu']}), {env['platform']}; shared "
+        f"with other jobs (load average {env['load_average_at_start']} at start, "
+        f"{env.get('load_average_at_end', '?')} at end)",
+        "- versions: "
+        + ", ".join(f"{k} {val}" for k, val in env["versions"].items()),
+    ]
+
+
 def render_markdown(result: dict, out: Path) -> str:
     env = result["environment"]
-    v = env["versions"]
     kind = (
         "SMOKE run (tiny data, 3 epochs: not quality results)"
         if result["smoke"]
@@ -1028,16 +1045,11 @@ def render_markdown(result: dict, out: Path) -> str:
             "faster one for the graphs, see the UMLS timing)."
         )
     lines = [
-        "# Quality benchmark: ASWA vs last model, early stopping, SWA, EMA",
-        "",
-        f"{kind}; backend **{env['backend']}**; seeds {result['seeds']}; "
-        f"{result['date']}; runtime {result['runtime_seconds'] / 60:.1f} min.",
-        "",
-        f"- command: `{result['command']}`",
-        f"- machine: {env['nproc']} cores ({env['cpu']}), {env['platform']}; shared "
-        f"with other jobs (load average {env['load_average_at_start']} at start, "
-        f"{env.get('load_average_at_end', '?')} at end)",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *_run_header(
+            "# Quality benchmark: ASWA vs last model, early stopping, SWA, EMA",
+            kind,
+            result,
+        ),
         "- raw per-seed numbers, ASWA decisions per epoch: `quality.json`",
         "",
         "## Set-up",
@@ -1341,8 +1353,6 @@ def _step_n(method: str) -> int | None:
 
 def render_steps_markdown(result: dict, out: Path) -> str:
     """quality-steps.md: step-level ASWA against EMA and the other methods."""
-    env = result["environment"]
-    v = env["versions"]
     kind = (
         "SMOKE run (tiny data, <= 3 epochs: not quality results)"
         if result["smoke"]
@@ -1355,16 +1365,11 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     )
     vsteps = some.validation_steps if some else None
     lines = [
-        "# Quality: step-level ASWA vs EMA, epoch-level ASWA, SWA, early stopping",
-        "",
-        f"{kind}; backend **{env['backend']}**; seeds {result['seeds']}; "
-        f"{result['date']}; runtime {result['runtime_seconds'] / 60:.1f} min.",
-        "",
-        f"- command: `{result['command']}`",
-        f"- machine: {env['nproc']} cores ({env['cpu']}), {env['platform']}; shared "
-        f"with other jobs (load average {env['load_average_at_start']} at start, "
-        f"{env.get('load_average_at_end', '?')} at end)",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *_run_header(
+            "# Quality: step-level ASWA vs EMA, epoch-level ASWA, SWA, early stopping",
+            kind,
+            result,
+        ),
         "- raw per-seed numbers, step-level decisions and check times: "
         "`quality-steps.json`",
         *(
