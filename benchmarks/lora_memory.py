@@ -130,8 +130,10 @@ def measure(dtype: str = "float32") -> dict:
 
     def held(aswa):
         average = aswa._average  # the WeightAverage the callback keeps
-        pairs = zip(average.variables, average.average, strict=True)
-        kept = [(v, a) for v, a in pairs if a is not None]
+        # numpy(): the average's arrays, whatever holds them on the backend
+        # (tensors, or TensorFlow slot variables); every held one is float.
+        pairs = zip(average.variables, average.numpy(), strict=True)
+        kept = [(v, a) for v, a in pairs if keras.backend.is_float_dtype(v.dtype)]
         ids = {id(v) for v, _ in kept}
         return {
             "ensemble_bytes": sum(_nbytes(a) for _, a in kept),

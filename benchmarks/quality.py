@@ -1025,8 +1025,7 @@ def _run_header(title: str, kind: str, result: dict) -> list[str]:
         f"- machine: {env['nproc']} cores ({env['cpu']}), {env['platform']}; shared "
         f"with other jobs (load average {env['load_average_at_start']} at start, "
         f"{env.get('load_average_at_end', '?')} at end)",
-        "- versions: "
-        + ", ".join(f"{k} {val}" for k, val in env["versions"].items()),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in env["versions"].items()),
     ]
 
 
