@@ -635,12 +635,7 @@ def time_kg(
     if not smoke:
         variants["plain_with_val_mrr"] = lambda: [ValidationMRR(data["valid_score"])]
     variants["aswa"] = lambda: [make_aswa(cfg, data, restore=True)]
-    times = {k: [] for k in variants}
-    for _ in range(repeats):
-        for name, callbacks in variants.items():
-            model = build_model(cfg, data, seed, ema=False)
-            times[name].append(round(fit(cfg, data, model, callbacks()), 3))
-    median = {k: float(np.median(v)) for k, v in times.items()}
+    times, median = _time_variants(cfg, data, seed, repeats, variants)
     out = {
         "seconds": times,
         "median": median,
@@ -653,6 +648,18 @@ def time_kg(
     return out
 
 
+def _time_variants(cfg, data, seed, repeats, variants) -> tuple[dict, dict]:
+    """Fit times of each variant's callbacks on fresh models, runs alternating:
+    the seconds of every run and their medians, by variant."""
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, callbacks in variants.items():
+            model = build_model(cfg, data, seed, ema=False)
+            times[name].append(round(fit(cfg, data, model, callbacks()), 3))
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    return times, median
+
+
 def time_steps(cfg: Config, data: dict, seed: int, repeats: int) -> dict:
     """Wall time of a plain fit against a fit with one step-level ASWA, for
     each N (fresh models, no EMA, fit's own validation in all; runs
@@ -662,12 +669,7 @@ def time_steps(cfg: Config, data: dict, seed: int, repeats: int) -> dict:
         variants[step_method(n)] = lambda n=n: [
             make_step_aswa(cfg, data, n, restore=True)
         ]
-    times = {k: [] for k in variants}
-    for _ in range(repeats):
-        for name, callbacks in variants.items():
-            model = build_model(cfg, data, seed, ema=False)
-            times[name].append(round(fit(cfg, data, model, callbacks()), 3))
-    median = {k: float(np.median(v)) for k, v in times.items()}
+    times, median = _time_variants(cfg, data, seed, repeats, variants)
     return {
         "seconds": times,
         "median": median,
