@@ -51,17 +51,17 @@ class _Device:
     keeps_blend = False  # read back from the variables that show it
 
     @staticmethod
-    def snapshot(variables, dtypes):
-        return kernels.cast([kernels.read(v) for v in variables], dtypes)
+    def snapshot(variables, dtypes, into=None):
+        return kernels.cast(kernels.read_all(variables), dtypes, into)
 
     @staticmethod
     def blend(averages, variables, count, reuse=False):
-        thetas = [kernels.read(v) for v in variables]
+        thetas = kernels.read_all(variables)
         return kernels.blend(averages, thetas, count, reuse)
 
     @staticmethod
     def show(averages, variables, count, dtypes):
-        thetas = [kernels.read(v) for v in variables]
+        thetas = kernels.read_all(variables)
         return kernels.show(averages, thetas, count, dtypes), None
 
     @staticmethod
@@ -97,7 +97,8 @@ class _Host:
     keeps_blend = True  # in host memory, beside the device's weights
 
     @staticmethod
-    def snapshot(variables, dtypes):
+    def snapshot(variables, dtypes, into=None):
+        del into  # reusing buffers pays on devices; numpy allocates cheaply
         return [
             np.array(ops.convert_to_numpy(kernels.read(v)), dtype=d)
             for v, d in zip(variables, dtypes, strict=True)
@@ -174,7 +175,9 @@ class TensorStore:
     def restart(self) -> None:
         """`E <- θ`: the variables' current values, in the accumulation dtypes."""
         self.pending = None
-        self.average = self._math.snapshot(self.variables, self.dtypes)
+        # The old average's buffers, which nothing else refers to (see
+        # `update`), take the copy.
+        self.average = self._math.snapshot(self.variables, self.dtypes, self.average)
 
     def update(self, count: int) -> None:
         """`E <- E + (θ - E) / (count + 1)`."""

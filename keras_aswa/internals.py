@@ -211,12 +211,14 @@ def torch_dtype(name: str):
     return to_torch_dtype(name)
 
 
-def torch_swap_storage(parameter, value):
-    """Makes a torch parameter use `value`'s storage; returns the old tensor.
+def torch_swap_storage(parameters: list, values: list) -> list:
+    """Makes each torch parameter use its value's storage; returns the old tensors.
 
     Stands in for: a by-reference assign (`Variable.assign` copies). The
-    parameter object, which the optimizer and the model hold, stays the same.
+    parameter objects, which the optimizer and the model hold, stay the same.
     """
-    previous = parameter.data
-    parameter.data = value
+    previous = []
+    for parameter, value in zip(parameters, values, strict=True):
+        previous.append(parameter.data)
+        parameter.data = value
     return previous

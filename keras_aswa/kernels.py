@@ -48,12 +48,24 @@ def read(variable):
     >>> read(keras.Variable([1.0, 2.0]))
     Array([1., 2.], dtype=float32)
     """
+    return read_all([variable])[0]
+
+
+def read_all(variables: list) -> list:
+    """`read` of each variable: one dispatch on the backend for the list.
+
+    Args:
+        variables: Keras variables.
+
+    Returns:
+        Their values, as `read` returns them.
+    """
     name = backend.backend()
-    if name == "jax":
-        return internals.variable_storage(variable)  # immutable already
+    if name == "jax":  # immutable already
+        return [internals.variable_storage(v) for v in variables]
     if name == "torch":
-        return internals.variable_storage(variable).detach()
-    return ops.stop_gradient(variable.value)
+        return [internals.variable_storage(v).detach() for v in variables]
+    return [ops.stop_gradient(v.value) for v in variables]
 
 
 def blend(averages: list, thetas: list, count: int, reuse: bool = False) -> list:
@@ -102,12 +114,15 @@ def show(averages: list, thetas: list, count: int, dtypes: list) -> list:
     return _kernels().show(list(averages), list(thetas), count, tuple(dtypes))
 
 
-def cast(values: list, dtypes: list) -> list:
+def cast(values: list, dtypes: list, into: list | None = None) -> list:
     """Copies of `values` in `dtypes`, never sharing a buffer with them.
 
     Args:
         values: Backend tensors.
         dtypes: One dtype for each.
+        into: Tensors of the results' shapes and dtypes that nothing uses any
+            more: the copies reuse their buffers (JAX donates them, torch
+            copies into them), sparing an allocation and a free per tensor.
 
     Returns:
         New tensors, which a variable may take over.
@@ -117,7 +132,9 @@ def cast(values: list, dtypes: list) -> list:
     >>> cast([keras.ops.ones(2)], ["float16"])
     [Array([1., 1.], dtype=float16)]
     """
-    return _kernels().cast(list(values), tuple(dtypes))
+    if into is None:
+        return _kernels().cast(list(values), tuple(dtypes))
+    return _kernels().cast_into(list(into), list(values))
 
 
 def exchange(variables: list, values: list) -> list:
@@ -140,11 +157,13 @@ def exchange(variables: list, values: list) -> list:
     [Array([1., 2.], dtype=float32)]
     """
     name = backend.backend()
-    previous = [read(v) for v in variables]
+    if name == "torch":
+        return internals.torch_swap_storage(
+            [internals.variable_storage(v) for v in variables], values
+        )
+    previous = read_all(variables)
     for variable, value in zip(variables, values, strict=True):
-        if name == "torch":
-            internals.torch_swap_storage(internals.variable_storage(variable), value)
-        elif name == "jax":
+        if name == "jax":
             # `assign` without its conversion and checks (`values` are of the
             # variable's dtype and shape); keeps the variable's layout.
             internals.assign_unchecked(variable, value)
@@ -160,10 +179,13 @@ def _jax_jit(fn, static, donate, shardings):
     # `count` is traced, not static: one compilation per list of shapes.
     # Sharded lists name their output shardings: XLA would otherwise hand
     # back equivalent ones spelled differently (P(None,) for P()).
+    # `keep_unused`: a donated argument the function does not read (`_copy_over`)
+    # would otherwise be dropped, and its buffers not reused.
     return jax.jit(
         fn,
         static_argnums=static,
         donate_argnums=donate,
+        keep_unused=True,
         out_shardings=None if shardings is None else list(shardings),
     )
 
@@ -189,6 +211,12 @@ class _Jax:
     def cast(self, values, dtypes):
         return self._call(_copy_all, values, values, dtypes, static=(1,))
 
+    def cast_into(self, into, values):
+        dtypes = tuple(x.dtype for x in into)
+        return self._call(
+            _copy_over, into, into, values, dtypes, static=(2,), donate=(0,)
+        )
+
 
 def _copy_all(values, dtypes):
     import jax.numpy as jnp
@@ -198,6 +226,11 @@ def _copy_all(values, dtypes):
     return [
         jnp.array(x, dtype=d, copy=True) for x, d in zip(values, dtypes, strict=True)
     ]
+
+
+def _copy_over(into, values, dtypes):
+    del into  # donated: XLA writes the copies over it
+    return _copy_all(values, dtypes)
 
 
 def _mean(e, t, n):
@@ -220,12 +253,15 @@ class _Torch:
         import torch
 
         self._torch = torch
-        self._dtype = internals.torch_dtype
+        self._dtype = functools.cache(internals.torch_dtype)
 
     def blend(self, averages, thetas, count, reuse):
         torch = self._torch
         with torch.no_grad():
-            thetas = [t.to(e.dtype) for e, t in zip(averages, thetas, strict=True)]
+            thetas = [
+                t if t.dtype == e.dtype else t.to(e.dtype)
+                for e, t in zip(averages, thetas, strict=True)
+            ]
             if reuse:
                 torch._foreach_lerp_(averages, thetas, 1.0 / (count + 1))
                 return averages
@@ -233,7 +269,15 @@ class _Torch:
 
     def show(self, averages, thetas, count, dtypes):
         blended = self.blend(averages, thetas, count, reuse=False)
-        return [p.to(self._dtype(d)) for p, d in zip(blended, dtypes, strict=True)]
+        return [
+            p if p.dtype == (t := self._dtype(d)) else p.to(t)
+            for p, d in zip(blended, dtypes, strict=True)
+        ]
+
+    def cast_into(self, into, values):
+        with self._torch.no_grad():
+            self._torch._foreach_copy_(into, values)
+        return into
 
     def cast(self, values, dtypes):
         with self._torch.no_grad():
@@ -328,7 +372,7 @@ class SlotStore:
 
         to_average = _tf_kernel(tuple(self.dtypes))
         to_variables = _tf_kernel(tuple(var_dtypes))
-        function = functools.partial(tf.function, autograph=False)
+        function = _tf_concrete
 
         @function
         def restart():
@@ -449,6 +493,28 @@ class SlotStore:
     def apply(self) -> None:
         """Writes `E` into the variables, rounded to their dtypes."""
         self._apply()
+
+
+def _tf_concrete(fn):
+    """`fn` as a `tf.function`, called through its concrete functions.
+
+    A `tf.function` call matches its arguments against its traces, hashing
+    every variable the function captures: milliseconds for a store of
+    hundreds. A concrete function, traced at the first call with each value
+    of the Python arguments (booleans here), is called without that.
+    """
+    import tensorflow as tf
+
+    function = tf.function(fn, autograph=False)
+    traced = {}
+
+    def call(*args):
+        key = tuple(a for a in args if isinstance(a, bool))
+        if key not in traced:
+            traced[key] = function.get_concrete_function(*args)
+        return traced[key](*args)
+
+    return call
 
 
 @functools.cache

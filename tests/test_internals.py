@@ -137,7 +137,7 @@ def test_torch_swap_storage():
     parameter = variable.value
     import torch
 
-    previous = internals.torch_swap_storage(parameter, torch.ones(3))
+    (previous,) = internals.torch_swap_storage([parameter], [torch.ones(3)])
     assert variable.value is parameter, gone("torch_swap_storage", "Parameter.data")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [1, 1, 1])
     np.testing.assert_array_equal(previous.numpy(), [0, 0, 0])
