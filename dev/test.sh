@@ -4,10 +4,10 @@
 # runs it too: bash dev/test.sh -m "faults or not faults".
 # Two lanes share the two cores: TensorFlow, and JAX then torch. Each
 # backend's output is printed whole, in that order, when all are done.
-# Usage: bash dev/test.sh [pytest args...]
+# Usage: bash dev/test.sh [pytest args...]   (ASWA_SETUP_DONE=1: .venv is ready)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash dev/setup.sh
+[ -n "${ASWA_SETUP_DONE:-}" ] || bash dev/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 logs=$(mktemp -d)
 run() {
