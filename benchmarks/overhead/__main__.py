@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(
-        description=benchmarks.overhead.__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.overhead",
+        description=benchmarks.overhead.__doc__.split("\n\n")[0],
     )
     parser.add_argument(
         "--backend",

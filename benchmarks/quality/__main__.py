@@ -17,8 +17,9 @@ from benchmarks.quality.config import DATASETS, parse_seeds
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark, or re-renders its report; returns the result."""
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality",
         description="ASWA vs last model, early stopping, SWA and EMA on "
-        "Fashion-MNIST, digits, UMLS and Nations."
+        "Fashion-MNIST, digits, UMLS and Nations.",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny data, 3 epochs, 1 seed"
