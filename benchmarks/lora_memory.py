@@ -26,6 +26,10 @@ One backend: `--backend jax`. Each backend runs in a fresh process (with
 `KERAS_BACKEND` set), so that its peak RSS is its own; `--json FILE` keeps the
 raw figures. Needs keras-hub (`pip install --no-deps keras-hub`, see
 docs/finetuning.md). About 1-2 minutes a backend on 2 CPU cores.
+
+`--report FILE.json --command="ARGS"` re-renders the report from a run's JSON
+without Keras (ARGS: that run's arguments; the date and machine are the
+re-render's, the JSON has neither).
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.machine import REPO, code_version, describe, machine, proc_status_kib
 
 BACKENDS = ("tensorflow", "jax", "torch")
 BERT_BASE = dict(
@@ -66,13 +71,10 @@ def _nbytes(x) -> int:
 
 def _peak_rss_mib() -> float:
     # VmHWM: the process's peak resident set, in KiB (Linux); ru_maxrss elsewhere.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = proc_status_kib("VmHWM")
+    if kib is None:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024
 
 
 def measure(dtype: str = "float32") -> dict:
@@ -91,7 +93,6 @@ def measure(dtype: str = "float32") -> dict:
     import numpy as np
 
     import keras_aswa
-    from benchmarks.machine import code_version
 
     start = time.perf_counter()
     keras.utils.set_random_seed(0)
@@ -174,7 +175,7 @@ def _run_backend(backend: str, dtype: str) -> dict:
         env = {**os.environ, "KERAS_BACKEND": backend}
         cmd = [sys.executable, "-m", "benchmarks.lora_memory", "--backend", backend]
         cmd += ["--dtype", dtype, "--child", str(path)]
-        subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).parent.parent)
+        subprocess.run(cmd, check=True, env=env, cwd=REPO)
         return json.loads(path.read_text())
 
 
@@ -186,16 +187,13 @@ def report(results: list[dict], command: str, before: list[dict] = ()) -> str:
         command: The command line that made them.
         before: The same figures from an earlier code version, shown beside.
     """
-    from benchmarks.machine import cpu_model
-
     first = results[0]
     earlier = {r["backend"]: r for r in before}
     lines = [
         f"Command: `{command}`",
         f"Date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}"
         f"; commit {first['commit']}",
-        f"Machine: {os.cpu_count()} CPU cores, {cpu_model()}; no GPU; "
-        f"Python {platform.python_version()}; keras-hub {first['keras_hub']}",
+        f"Machine: {describe(machine())}; keras-hub {first['keras_hub']}",
         "Model: BertTextClassifier on a BertBackbone of bert-base's dimensions "
         "(vocabulary 30,522, 12 layers, 12 heads, hidden 768, intermediate 3,072, "
         f"512 positions), num_classes=2, `enable_lora(rank={LORA_RANK})`, dtype "
@@ -244,6 +242,7 @@ def report(results: list[dict], command: str, before: list[dict] = ()) -> str:
 
 
 def main(argv=None) -> None:
+    """Measures each backend (or re-renders, `--report`); prints the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="all", choices=[*BACKENDS, "all"])
     parser.add_argument("--dtype", default="float32")
@@ -253,19 +252,34 @@ def main(argv=None) -> None:
         "--before", help="JSON of an earlier run (--json), shown beside the figures"
     )
     parser.add_argument("--out", help="write the Markdown report here")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="re-render the report from the --json file of an earlier run "
+        "instead of measuring (date and machine: this one's)",
+    )
+    parser.add_argument(
+        "--command",
+        help="with --report: the arguments of the run that wrote JSON, for "
+        "the report's Command line",
+    )
     args = parser.parse_args(argv)
     backends = BACKENDS if args.backend == "all" else (args.backend,)
     if args.child:
         Path(args.child).write_text(json.dumps(measure(args.dtype)))
         return
-    results = [_run_backend(b, args.dtype) for b in backends]
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    command = "python -m benchmarks.lora_memory " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    if args.report:
+        if args.command is None:
+            parser.error("--report needs --command: the arguments of its run")
+        results = json.loads(Path(args.report).read_text())
+        command = args.command
+    else:
+        results = [_run_backend(b, args.dtype) for b in backends]
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        command = " ".join(sys.argv[1:] if argv is None else argv)
     before = json.loads(Path(args.before).read_text()) if args.before else []
-    text = report(results, command, before)
+    text = report(results, "python -m benchmarks.lora_memory " + command, before)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

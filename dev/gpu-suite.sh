@@ -19,7 +19,7 @@ tests="tests/test_decision.py tests/test_averaging.py tests/test_kernels.py
   tests/test_aswa.py tests/test_aswa_errors.py tests/test_scoring.py
   tests/test_swa.py tests/test_interplay.py tests/test_batchnorm.py
   tests/test_precision.py tests/test_callbacks_batchnorm.py
-  tests/test_benchmark_overhead.py"
+  benchmarks/overhead/tests/test_overhead.py"
 for b in torch jax; do
   # shellcheck disable=SC2086
   KERAS_BACKEND=$b timeout 170 python3 -m pytest -v -p no:cacheprovider \

@@ -15,7 +15,18 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from benchmarks import quality
+from benchmarks.quality.__main__ import main
+from benchmarks.quality.config import (
+    KG_METRICS,
+    METHODS,
+    SMOKE_STEP_FREQS,
+    Config,
+    configs,
+    parse_seeds,
+    step_method,
+)
+from benchmarks.quality.stats import summarize
+from benchmarks.quality.steps_report import render_steps_markdown
 
 EXPECTED_CONFIGS = {
     "fashion_mnist/mlp",
@@ -31,7 +42,7 @@ EXPECTED_CONFIGS = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
-    result = quality.main(["--smoke", "--out", str(out)])
+    result = main(["--smoke", "--out", str(out)])
     return result, out
 
 
@@ -41,12 +52,12 @@ def test_every_configuration_and_method_ran(smoke):
     assert result["environment"]["backend"] == keras.backend.backend()
     assert set(result["configs"]) == EXPECTED_CONFIGS
     for key, entry in result["configs"].items():
-        cfg = quality.Config(**entry["config"])
+        cfg = Config(**entry["config"])
         assert cfg.epochs == 3
         (record,) = entry["records"]
         assert record["seed"] == 1
         assert set(record["metrics"]) == set(cfg.methods)
-        names = quality.KG_METRICS if cfg.is_kg else ("accuracy",)
+        names = KG_METRICS if cfg.is_kg else ("accuracy",)
         for method, metrics in record["metrics"].items():
             for name in (*names, "val"):
                 value = metrics[name]
@@ -85,17 +96,15 @@ def test_step_level_aswa_read_off_fashion_mnist(smoke):
     """Step-level ASWA every N of the 4 batches an epoch, beside the rest."""
     result, _ = smoke
     for entry in result["configs"].values():
-        cfg = quality.Config(**entry["config"])
+        cfg = Config(**entry["config"])
         (record,) = entry["records"]
         if cfg.dataset != "fashion_mnist":
             assert not cfg.step_freqs and "step_aswa" not in record
             continue
-        assert tuple(cfg.step_freqs) == quality.SMOKE_STEP_FREQS
-        assert set(record["step_aswa"]) == {
-            quality.step_method(n) for n in quality.SMOKE_STEP_FREQS
-        }
+        assert tuple(cfg.step_freqs) == SMOKE_STEP_FREQS
+        assert set(record["step_aswa"]) == {step_method(n) for n in SMOKE_STEP_FREQS}
         for n in cfg.step_freqs:
-            s = record["step_aswa"][quality.step_method(n)]
+            s = record["step_aswa"][step_method(n)]
             assert s["checks"] == (3 * 4) // n
             assert sum(s["decisions"].values()) == s["checks"]
             assert 1 <= s["size"] <= s["checks"]
@@ -105,7 +114,7 @@ def test_step_level_aswa_read_off_fashion_mnist(smoke):
         vs_ema = entry["summary"]["vs_ema"]
         assert set(vs_ema) == {
             "aswa",
-            *(quality.step_method(n) for n in cfg.step_freqs),
+            *(step_method(n) for n in cfg.step_freqs),
         }
         for method, h in vs_ema.items():
             m = record["metrics"]
@@ -120,7 +129,7 @@ def test_step_level_aswa_read_off_fashion_mnist(smoke):
 def test_steps_report_renders_from_the_smoke_run(smoke, tmp_path):
     result, _ = smoke
     fashion = {k: e for k, e in result["configs"].items() if k.startswith("fashion")}
-    md = quality.render_steps_markdown(dict(result, configs=fashion), tmp_path)
+    md = render_steps_markdown(dict(result, configs=fashion), tmp_path)
     assert "SMOKE run" in md
     assert "| fashion_mnist/mlp (1 seeds) |" in md
     assert "aswa_n2 vs ema" in md
@@ -131,16 +140,16 @@ def test_steps_report_renders_from_the_smoke_run(smoke, tmp_path):
 
 
 def test_steps_study_grid():
-    keys = [c.key for c in quality.configs(["fashion_mnist"], smoke=False, steps=True)]
+    keys = [c.key for c in configs(["fashion_mnist"], smoke=False, steps=True)]
     assert keys == [
         "fashion_mnist/mlp-2ep",
         "fashion_mnist/cnn-2ep",
         "fashion_mnist/mlp",
         "fashion_mnist/cnn",
     ]
-    grid = quality.configs(["fashion_mnist"], smoke=True, steps=True)
+    grid = configs(["fashion_mnist"], smoke=True, steps=True)
     assert [c.epochs for c in grid] == [2, 2, 3, 3]
-    assert all(c.step_freqs == quality.SMOKE_STEP_FREQS for c in grid)
+    assert all(c.step_freqs == SMOKE_STEP_FREQS for c in grid)
 
 
 def test_report_json_and_plots_written(smoke):
@@ -175,7 +184,7 @@ def test_read_off_equals_real_single_method_runs(smoke):
         if "verification" in e
     }
     assert set(checked) == {"digits/mlp", "umls/distmult", "fashion_mnist/mlp"}
-    step = quality.step_method(quality.SMOKE_STEP_FREQS[0])
+    step = step_method(SMOKE_STEP_FREQS[0])
     for key, methods in checked.items():
         assert set(methods) == ({step} if key == "fashion_mnist/mlp" else {"swa"})
         for v in methods.values():
@@ -197,7 +206,7 @@ def test_report_mode_merges_smoke_runs(smoke, tmp_path):
     result, out = smoke
     full = dict(result, smoke=False)
     (tmp_path / "quality.json").write_text(json.dumps(full))
-    merged = quality.main(
+    merged = main(
         [
             "--report",
             "--out",
@@ -217,8 +226,7 @@ def _records(aswa, other):
     return [
         {
             "metrics": {
-                m: {"accuracy": (a if m == "aswa" else o), "val": 0.5}
-                for m in quality.METHODS
+                m: {"accuracy": (a if m == "aswa" else o), "val": 0.5} for m in METHODS
             }
         }
         for a, o in zip(aswa, other, strict=True)
@@ -228,7 +236,7 @@ def _records(aswa, other):
 def test_summarize_paired_counts_and_wilcoxon():
     aswa = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95]
     other = [0.89, 0.91, 0.90, 0.94, 0.90, 0.91]
-    s = quality.summarize(_records(aswa, other), ("accuracy", "val"))
+    s = summarize(_records(aswa, other), ("accuracy", "val"))
     assert s["n_seeds"] == 6
     last = s["methods"]["last"]["accuracy"]
     assert (last["wins"], last["ties"], last["losses"]) == (4, 1, 1)
@@ -241,11 +249,11 @@ def test_summarize_paired_counts_and_wilcoxon():
     )
     assert "wins" not in s["methods"]["aswa"]["accuracy"]
     # All differences zero: no evidence either way.
-    same = quality.summarize(_records(aswa, aswa), ("accuracy",))
+    same = summarize(_records(aswa, aswa), ("accuracy",))
     assert same["methods"]["swa"]["accuracy"]["wilcoxon_p"] == 1.0
     assert same["methods"]["swa"]["accuracy"]["ties"] == 6
     # With 5 seeds all won, the exact two-sided p is 2 / 2**5.
-    five = quality.summarize(
+    five = summarize(
         _records(aswa[:5], [a - 0.01 * (i + 1) for i, a in enumerate(aswa[:5])]),
         ("accuracy",),
     )
@@ -253,7 +261,7 @@ def test_summarize_paired_counts_and_wilcoxon():
 
 
 def test_summarize_compares_step_level_methods_with_ema():
-    methods = (*quality.METHODS, "aswa_n50")
+    methods = (*METHODS, "aswa_n50")
     records = [
         {
             "metrics": {
@@ -263,18 +271,18 @@ def test_summarize_compares_step_level_methods_with_ema():
         }
         for i in range(4)
     ]
-    s = quality.summarize(records, ("accuracy",), methods)
+    s = summarize(records, ("accuracy",), methods)
     assert set(s["methods"]) == set(methods)
     assert set(s["vs_ema"]) == {"aswa", "aswa_n50"}
     h = s["vs_ema"]["aswa_n50"]["accuracy"]
     assert (h["wins"], h["ties"], h["losses"]) == (3, 1, 0)
     assert h["mean_diff"] == pytest.approx(0.015)
-    assert "vs_ema" not in quality.summarize(records, ("accuracy",))
+    assert "vs_ema" not in summarize(records, ("accuracy",))
 
 
 def test_parse_seeds():
-    assert quality.parse_seeds("1-3,7") == [1, 2, 3, 7]
-    assert quality.parse_seeds("5") == [5]
+    assert parse_seeds("1-3,7") == [1, 2, 3, 7]
+    assert parse_seeds("5") == [5]
 
 
 def test_backend_must_match_the_loaded_one():
@@ -282,4 +290,4 @@ def test_backend_must_match_the_loaded_one():
         b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()
     )
     with pytest.raises(SystemExit):
-        quality.main(["--smoke", "--backend", other])
+        main(["--smoke", "--backend", other])

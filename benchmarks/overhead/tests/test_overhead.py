@@ -10,7 +10,11 @@ import math
 import keras
 import pytest
 
-from benchmarks import overhead
+from benchmarks.overhead import __main__ as cli
+from benchmarks.overhead.by_count import decisions_by_count
+from benchmarks.overhead.config import DECISIONS, RSS_VARIANTS, SMOKE, VARIANTS
+from benchmarks.overhead.report import by_count_markdown, header, markdown
+from benchmarks.overhead.run import run_backend
 
 # Keras' get_weights (the naive variant) warns under numpy 2; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -21,13 +25,13 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def result():
     # Peak RSS measured in this process: exercises the path a fresh process runs.
-    return overhead.run_backend(overhead.SMOKE, rss="inprocess")
+    return run_backend(SMOKE, rss="inprocess")
 
 
 def test_every_variant_timed(result):
-    epochs, reps = overhead.SMOKE.epochs, overhead.SMOKE.reps
+    epochs, reps = SMOKE.epochs, SMOKE.reps
     assert result["backend"] == keras.backend.backend()
-    for v in overhead.VARIANTS:
+    for v in VARIANTS:
         t = result["timings"][v]
         assert len(t["fit_s"]) == reps and all(s > 0 for s in t["fit_s"])
         assert len(t["fit_cpu_s"]) == reps and all(s > 0 for s in t["fit_cpu_s"])
@@ -46,14 +50,14 @@ def test_every_variant_timed(result):
 def test_naive_takes_aswa_decisions(result):
     check = result["check"]
     assert check["aswa"] == check["naive"], check
-    assert len(check["aswa"]) == overhead.SMOKE.epochs
+    assert len(check["aswa"]) == SMOKE.epochs
     assert check["aswa"][0] == "init"
     assert check["ensemble_max_abs_diff"] < 1e-5
     assert check["running_score_max_abs_diff"] < 1e-5
     # The timed fits start from the same state: each run decides something.
     for v in ("aswa", "naive"):
         for decisions in result["timings"][v]["decisions"]:
-            assert decisions[0] == "init" and len(decisions) == overhead.SMOKE.epochs
+            assert decisions[0] == "init" and len(decisions) == SMOKE.epochs
 
 
 def test_bookkeeping_and_memory(result):
@@ -65,14 +69,14 @@ def test_bookkeeping_and_memory(result):
     # The ensemble is one float32 copy; the kept running weights make two.
     assert b["ensemble_bytes"] == b["weight_bytes"]
     assert b["provisional_bytes"] == 2 * b["weight_bytes"]
-    assert set(result["memory"]) == set(overhead.RSS_VARIANTS)
+    assert set(result["memory"]) == set(RSS_VARIANTS)
     for m in result["memory"].values():
         assert math.isfinite(m["peak_delta_mib"]) and m["rss_mib"] > 0
 
 
 def test_markdown(result, tmp_path):
-    text = overhead.header([result], ["--smoke"]) + overhead.markdown([result])
-    for v in overhead.VARIANTS:
+    text = header([result], "--smoke") + markdown([result])
+    for v in VARIANTS:
         assert f"| {result['backend']} | {v} |" in text
     assert "decisions agree" in text and "| yes:" in text
 
@@ -80,21 +84,21 @@ def test_markdown(result, tmp_path):
 def test_cli_writes_tables(tmp_path, monkeypatch):
     # The CLI on this process's backend runs in-process; the smallest run.
     out = tmp_path / "overhead.md"
-    tiny = dataclasses.replace(overhead.SMOKE, reps=1, bookkeeping_reps=1)
-    monkeypatch.setattr(overhead, "SMOKE", tiny)
-    overhead.main(["--smoke", "--rss", "off", "--out", str(out)])
+    tiny = dataclasses.replace(SMOKE, reps=1, bookkeeping_reps=1)
+    monkeypatch.setattr(cli, "SMOKE", tiny)
+    cli.main(["--smoke", "--rss", "off", "--out", str(out)])
     assert f"| {keras.backend.backend()} | aswa |" in out.read_text()
 
 
 def test_decisions_by_count_measures_both_stacks():
-    result = overhead.decisions_by_count(reps=1)
+    result = decisions_by_count(reps=1)
     stacks = result["stacks"]
     assert stacks["few"]["variables"] == 6 and stacks["many"]["variables"] == 300
     # The same bytes within 1 %: the stacks differ in the number of variables.
     assert abs(stacks["many"]["bytes"] / stacks["few"]["bytes"] - 1) < 0.01
     for s in stacks.values():
         assert s["bytes"] == 4 * s["params"]
-        assert set(s["ms"]) == {*overhead.DECISIONS, "copy"}
+        assert set(s["ms"]) == {*DECISIONS, "copy"}
         assert all(len(ms) == 1 and ms[0] > 0 for ms in s["ms"].values())
 
 
@@ -120,7 +124,7 @@ def test_by_count_markdown_ratios():
         "date": "today",
         "machine": {"nproc": 2, "cpu": "cpu", "python": "3"},
     }
-    text = overhead.by_count_markdown(report, ["--by-count"])
+    text = by_count_markdown(report, "--by-count")
     # few: restart median 2, worst max(2, 4, 2) = 4, copy 2; many: worst 9.
     assert "| jax | this | 6 | 2.00 | 4.00 | 2.00 | 4.00 | 2.00 | 2.0x |" in text
     assert "| jax | this | 300 | 3.00 | 6.00 | 9.00 | 9.00 | 2.00 | 4.5x |" in text

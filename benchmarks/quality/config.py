@@ -1,0 +1,155 @@
+"""The quality benchmark's grid: methods, data sets and how each is trained.
+
+No Keras here: the report code reads configurations back from the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+METHODS = ("last", "early_stopping", "swa", "ema", "aswa")
+METHOD_LABELS = {
+    "last": "last running model",
+    "early_stopping": "EarlyStopping (best val epoch)",
+    "swa": "SWA (from 50 %)",
+    "ema": "optimizer EMA (use_ema=True)",
+    "aswa": "ASWA",
+}
+# Step-level ASWA (`update_freq=N`): a Fashion-MNIST epoch is 422 batches of
+# 128, so N = 50 / 100 / 200 decide ~8 / 4 / 2 times an epoch. Each check
+# scores the running and the provisional model on the first 20 batches of 32
+# (640 of the 6000 validation images), on val_loss: at 640 images accuracy
+# moves in steps of 1/640 and ties (which never win) are frequent, while the
+# loss is continuous.
+STEP_FREQS = (50, 100, 200)
+STEP_VALIDATION_STEPS = 20
+STEP_MONITOR = "val_loss"
+# Smoke: 4 batches an epoch, 128 validation images.
+SMOKE_STEP_FREQS = (2, 5)
+SMOKE_VALIDATION_STEPS = 2
+
+
+def step_method(n: int) -> str:
+    """The method name of step-level ASWA every `n` batches."""
+    return f"aswa_n{n}"
+
+
+def method_label(method: str) -> str:
+    """How a method is named in the reports."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    return f"step ASWA, every {method.removeprefix('aswa_n')} batches"
+
+
+IMAGE_DATASETS = ("fashion_mnist", "digits")
+KG_DATASETS = ("umls", "nations")
+DATASETS = IMAGE_DATASETS + KG_DATASETS
+KG_METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One data set / model pair and how it is trained."""
+
+    dataset: str
+    model: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    monitor: str  # what ASWA and early stopping compare
+    mode: str
+    # Step-level ASWA read off the same run: every N training batches, on
+    # the first `validation_steps` batches (of 32) of the validation split.
+    step_freqs: tuple[int, ...] = ()
+    validation_steps: int | None = None
+    variant: str = ""  # e.g. "2ep": a second configuration of one model
+
+    @property
+    def key(self) -> str:
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"{self.dataset}/{self.model}{suffix}"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """What is read off this configuration's runs."""
+        return METHODS + tuple(step_method(n) for n in self.step_freqs)
+
+    @property
+    def is_kg(self) -> bool:
+        return self.dataset in KG_DATASETS
+
+    @property
+    def metric(self) -> str:
+        """The headline test metric."""
+        return "mrr" if self.is_kg else "accuracy"
+
+
+def configs(
+    datasets, smoke: bool, steps: bool = False, step_freqs=None, only=None
+) -> list[Config]:
+    """The benchmark grid, sized for a ~1 h run on 2 shared CPU cores.
+
+    Epoch counts: a Fashion-MNIST CNN epoch costs ~14 s here (TensorFlow),
+    so 15 epochs; the MLPs and graphs are cheap. The graphs use the
+    reference (dicee) setting. Smoke: 3 epochs, so that SWA averages 2.
+    Fashion-MNIST also reads off step-level ASWA (`STEP_FREQS`); `steps`
+    (the step-level study) adds 2-epoch runs of both its models, the
+    fine-tuning regime.
+    """
+    freqs = tuple(step_freqs or (SMOKE_STEP_FREQS if smoke else STEP_FREQS))
+    vsteps = SMOKE_VALIDATION_STEPS if smoke else STEP_VALIDATION_STEPS
+    step = {"step_freqs": freqs, "validation_steps": vsteps}
+    grid = []
+    for ds in datasets:
+        if ds == "fashion_mnist":
+            grid += [
+                Config(ds, "mlp", 20, 128, 1e-3, "val_accuracy", "max", **step),
+                Config(ds, "cnn", 15, 128, 1e-3, "val_accuracy", "max", **step),
+            ]
+            if steps:  # the cheap 2-epoch runs first
+                grid[-2:-2] = [
+                    Config(
+                        ds,
+                        m,
+                        2,
+                        128,
+                        1e-3,
+                        "val_accuracy",
+                        "max",
+                        **step,
+                        variant="2ep",
+                    )
+                    for m in ("mlp", "cnn")
+                ]
+        elif ds == "digits":
+            grid.append(Config(ds, "mlp", 100, 32, 1e-3, "val_accuracy", "max"))
+        elif ds in KG_DATASETS:
+            grid += [
+                Config(ds, m, 200, 1024, 0.1, "val_mrr", "max")
+                for m in ("distmult", "complex")
+            ]
+        else:
+            raise ValueError(f"unknown data set {ds!r}; have {DATASETS}")
+    if smoke:
+        grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+    if only:  # these configuration keys, in this order
+        by_key = {c.key: c for c in grid}
+        grid = [by_key[k] for k in only]
+    return grid
+
+
+def metric_names(cfg: Config) -> tuple[str, ...]:
+    """What is recorded per method: the test metrics and the validation score."""
+    return KG_METRICS + ("val",) if cfg.is_kg else ("accuracy", "val")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "1-5" or "1,2,7" or "1-3,9" -> list of ints."""
+    seeds = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            seeds += list(range(int(lo), int(hi) + 1))
+        elif part:
+            seeds.append(int(part))
+    return seeds

@@ -1,0 +1,81 @@
+"""`--report`: the quality reports re-rendered from their JSON, other runs merged.
+
+Imports no Keras, keras_aswa or backend: re-rendering needs none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.quality.config import Config, metric_names
+from benchmarks.quality.report import render_markdown
+from benchmarks.quality.results import history_columns, write_json
+from benchmarks.quality.stats import summarize
+from benchmarks.quality.steps_report import render_steps_markdown
+
+
+def rerender(out: Path, include: list[str], steps: bool = False) -> dict:
+    """Re-renders quality.md from quality.json, merging other runs.
+
+    Smoke runs go to the smoke section; full runs on other backends (e.g.
+    UMLS timings) to the dicee comparison. `steps`: re-renders
+    quality-steps.md from quality-steps.json instead, merging the
+    configurations and seeds of other step-level runs.
+
+    Returns:
+        The result, as written back to the JSON.
+    """
+    if steps:
+        result = json.loads((out / "quality-steps.json").read_text())
+        for path in include:
+            _merge_steps(result, path)
+        write_json(result, out / "quality-steps.json")
+        (out / "quality-steps.md").write_text(render_steps_markdown(result, out))
+        return result
+    result = json.loads((out / "quality.json").read_text())
+    for entry in result["configs"].values():
+        for record in entry["records"]:
+            if isinstance(record["aswa_history"], list):  # older row format
+                record["aswa_history"] = history_columns(record["aswa_history"])
+    for path in include:
+        res = json.loads(Path(path).read_text())
+        for entry in res["configs"].values():
+            for record in entry["records"]:
+                record.pop("aswa_history", None)  # kept in their own JSON
+        section = "smoke_runs" if res["smoke"] else "other_backends"
+        result.setdefault(section, {})[res["environment"]["backend"]] = res
+    write_json(result, out / "quality.json")
+    (out / "quality.md").write_text(render_markdown(result, out))
+    return result
+
+
+def _merge_steps(result: dict, path: str) -> None:
+    """Joins the step-level run at `path` into `result`.
+
+    Its new configurations (e.g. the long ones, run apart) join whole; more
+    seeds of a configuration join its records, by seed.
+    """
+    res = json.loads(Path(path).read_text())
+    for key, entry in res["configs"].items():
+        mine = result["configs"].get(key)
+        if mine is None:
+            result["configs"][key] = entry
+            continue
+        if mine["config"] != entry["config"]:
+            raise ValueError(f"{path}: {key} was run with other settings")
+        seeds = {r["seed"] for r in mine["records"]}
+        mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
+        mine["records"].sort(key=lambda r: r["seed"])
+        cfg = Config(**mine["config"])
+        mine["summary"] = summarize(mine["records"], metric_names(cfg), cfg.methods)
+        mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
+    env = res["environment"]
+    result.setdefault("other_runs", []).append(
+        {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
+        | {
+            "configs": list(res["configs"]),
+            "load_average_at_start": env["load_average_at_start"],
+            "load_average_at_end": env.get("load_average_at_end"),
+        }
+    )

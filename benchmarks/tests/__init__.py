@@ -1,0 +1,1 @@
+"""Tests of the benchmarks, beside the code they test."""
