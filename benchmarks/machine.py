@@ -126,4 +126,5 @@ def describe(m: dict) -> str:
     CPU-only runs before it was recorded, and processes that load no backend.
     """
     accelerator = m.get("accelerator", "no GPU")
-    return f"{m['nproc']} CPU cores, {m['cpu']}; {accelerator}; Python {m['python']}"
+    cores = f"{m['nproc']} CPU core" + ("" if m["nproc"] == 1 else "s")
+    return f"{cores}, {m['cpu']}; {accelerator}; Python {m['python']}"

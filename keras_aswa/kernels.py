@@ -18,6 +18,12 @@ TensorFlow charges every tensor that crosses a `tf.function`'s boundary (tens
 of microseconds each, more than a small variable's arithmetic). There the
 average and the values a swap keeps live in variables of their own
 (`SlotStore`), and each operation is one call that passes only the count.
+
+What still grows with the number of variables, measured on CPU
+(`python -m benchmarks.overhead --by-count`): inside TensorFlow's one call, a
+read or an assign per variable, microseconds each in its executor; on JAX,
+the jitted call's handling of each array it takes and returns; on torch,
+`_foreach_*` looping over the tensors, each small one on one core.
 """
 
 from __future__ import annotations

@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         help="with --by-count: processes per backend and engine",
     )
     parser.add_argument(
+        "--cores",
+        type=int,
+        help="with --by-count: measure on this many CPU cores only (1 leaves "
+        "out the threads that large tensors' kernels get, small ones' not)",
+    )
+    parser.add_argument(
         "--report",
         metavar="JSON",
         help="re-render the tables from the --json file of an earlier run "
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.overhead.by_count import by_count
 
         reps = args.reps or cfg.bookkeeping_reps
+        if args.cores:  # inherited by the measuring processes
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
         data = by_count(backends, reps, args.rounds, args.baseline, cfg.torch_threads)
     else:
         from benchmarks.overhead.run import run_backends

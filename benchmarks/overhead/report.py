@@ -148,7 +148,8 @@ def by_count_markdown(report: dict, command: str) -> str:
     }
     few, many = stacks["few"], stacks["many"]
     lines = [
-        "# Cost against the number of variables",
+        "# Cost against the number of variables"
+        + (", on one core" if m["nproc"] == 1 else ""),
         "",
         f"Command: `python -m benchmarks.overhead {command}`",
         f"Date: {report['date']}; commit {report['commit']}",

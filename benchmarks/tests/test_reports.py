@@ -45,6 +45,7 @@ BYTE_IDENTICAL = {
     "quality-steps.md": ("quality-steps.md", "quality-steps.json"),
     "overhead.md": ("overhead.md",),
     "overhead-variables.md": ("overhead-variables.md",),
+    "overhead-variables-1core.md": ("overhead-variables-1core.md",),
 }
 # Its Date and Machine lines are the renderer's: the JSON records neither.
 RENDER_TIME = {"lora_memory.md": ("Date: ", "Machine: ")}
@@ -77,7 +78,7 @@ def _rerenders() -> list:
         ("benchmarks.quality.__main__", ["--report"]),
         ("benchmarks.quality.__main__", ["--report", "--steps"]),
     ]
-    for stem in ("overhead", "overhead-variables"):
+    for stem in ("overhead", "overhead-variables", "overhead-variables-1core"):
         md = RESULTS / f"{stem}.md"
         args = ["--report", str(RESULTS / f"{stem}.json"), "--out", str(md)]
         out.append(
