@@ -209,12 +209,22 @@ class _Jax:
         donate = (0,) if reuse else ()
         return self._call(_blend_all, averages, averages, thetas, count, donate=donate)
 
+    @staticmethod
+    def _canonical(dtypes):
+        import jax
+
+        # float64 is float32 unless jax_enable_x64: ask for what JAX holds,
+        # rather than for float64 and a truncation warning at every call.
+        return tuple(jax.dtypes.canonicalize_dtype(d) for d in dtypes)
+
     def show(self, averages, thetas, count, dtypes):
+        dtypes = self._canonical(dtypes)
         return self._call(
             _show_all, thetas, averages, thetas, count, dtypes, static=(3,)
         )
 
     def cast(self, values, dtypes):
+        dtypes = self._canonical(dtypes)
         return self._call(_copy_all, values, values, dtypes, static=(1,))
 
     def cast_into(self, into, values):
