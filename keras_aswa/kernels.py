@@ -210,6 +210,7 @@ class _Jax:
         return self._call(_blend_all, averages, averages, thetas, count, donate=donate)
 
     @staticmethod
+    @functools.cache  # per list of dtypes, not per call
     def _canonical(dtypes):
         import jax
 
@@ -218,13 +219,13 @@ class _Jax:
         return tuple(jax.dtypes.canonicalize_dtype(d) for d in dtypes)
 
     def show(self, averages, thetas, count, dtypes):
-        dtypes = self._canonical(dtypes)
+        dtypes = self._canonical(tuple(dtypes))
         return self._call(
             _show_all, thetas, averages, thetas, count, dtypes, static=(3,)
         )
 
     def cast(self, values, dtypes):
-        dtypes = self._canonical(dtypes)
+        dtypes = self._canonical(tuple(dtypes))
         return self._call(_copy_all, values, values, dtypes, static=(1,))
 
     def cast_into(self, into, values):
