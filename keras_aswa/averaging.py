@@ -245,8 +245,7 @@ class TensorStore:
     def apply(self) -> None:
         """Writes `E` into the variables, rounded to their dtypes."""
         values = self._math.for_variables(self.average, self._var_dtypes)
-        for v, value in zip(self.variables, values, strict=True):
-            v.assign(value)
+        kernels.exchange(self.variables, values)  # fresh copies, handed over
 
 
 class WeightAverage:
