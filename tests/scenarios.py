@@ -148,6 +148,17 @@ def replay(snapshots, history, float_mask, mode="min"):
     return ensemble, provisionals
 
 
+class BatchCounter(keras.callbacks.Callback):
+    """Counts the training batches run: whether `fit` trained at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
 class SnapshotRecorder(keras.callbacks.Callback):
     """Records the running weights at each epoch end (place before ASWA)."""
 

@@ -5,18 +5,9 @@ import math
 import keras
 import numpy as np
 import pytest
-from scenarios import aswa_run, regression_data, regression_model
+from scenarios import BatchCounter, aswa_run, regression_data, regression_model
 
 from keras_aswa import ASWA
-
-
-class BatchCounter(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
 
 
 def compiled_model(**compile_kw):

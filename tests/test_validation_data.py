@@ -4,18 +4,9 @@ and what it cannot use is refused before training where possible."""
 import keras
 import numpy as np
 import pytest
-from scenarios import aswa_run, regression_data
+from scenarios import BatchCounter, aswa_run, regression_data
 
 from keras_aswa import ASWA
-
-
-class BatchCounter(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
 
 
 def callback_data():
