@@ -10,6 +10,8 @@ list), and the callers decide later, from what `fit` hands them.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 
 import keras
 
@@ -82,6 +84,50 @@ def fit_validation(model) -> dict | None:
     }
 
 
+def fit_initial_epoch(model) -> int:
+    """The epoch the running `fit` started at.
+
+    Stands in for: a public record of it. `BackupAndRestore` sets
+    `model._initial_epoch`, which `fit` prefers to its `initial_epoch`.
+    """
+    restored = getattr(model, "_initial_epoch", None)
+    if restored is not None:
+        return restored
+    return (fit_locals(model) or {}).get("initial_epoch", 0)
+
+
+# --- Keras' BackupAndRestore --------------------------------------------------
+
+
+def backup_position(callback) -> dict | None:
+    """Where `callback` (a `BackupAndRestore`) last backed the run up.
+
+    Stands in for: a public record of it. Keras writes `{"epoch": e,
+    "batch": b}` beside the weights: the epoch the rerun starts at and, with
+    an int `save_freq`, the 0-based batch after which the weights were saved.
+
+    Returns:
+        The record, or None when there is none (a fresh run).
+    """
+    path = callback._training_metadata_path
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def keep_backup_epoch(callback, epoch: int) -> None:
+    """Makes `callback` (a `BackupAndRestore`) record `epoch` until it ends.
+
+    Stands in for: Keras doing it itself. Keras 3.15 sets the epoch it
+    records only at an epoch end, so a backup every N batches made before
+    the first epoch end of a resumed `fit` records epoch 0, and the next
+    rerun would train from epoch 0 again.
+    """
+    if callback._current_epoch < epoch:
+        callback._current_epoch = epoch
+
+
 def fit_validates_at(model, epoch: int) -> bool:
     """Whether the running `fit` validates at the end of `epoch` (0-based).
 
@@ -137,6 +183,26 @@ def created_non_trainable(layer) -> list:
     base kernel), and apart from its sublayers' variables.
     """
     return list(layer._non_trainable_variables)
+
+
+_LORA = (
+    ("_kernel", "lora_kernel_a", "lora_kernel_b"),  # Dense, EinsumDense, Conv
+    ("_embeddings", "lora_embeddings_a", "lora_embeddings_b"),  # Embedding
+)
+
+
+def lora_variables(layer) -> tuple | None:
+    """`(base, a, b)` of a layer with LoRA enabled, else None.
+
+    Stands in for: a public handle on LoRA's frozen base (Keras keeps it as
+    `_kernel` or `_embeddings`; `kernel` is the merged value).
+    """
+    if not getattr(layer, "lora_enabled", False):
+        return None
+    for names in _LORA:
+        if hasattr(layer, names[1]):
+            return tuple(getattr(layer, name) for name in names)
+    return None
 
 
 def metric_direction(metric) -> str | None:

@@ -21,8 +21,14 @@ A job (all keys but `workdir` optional):
   `on_epoch_end`), `"batch"` (a training batch's end), `"eval"` (inside an
   evaluation by the averaging callback's scorer, after it ran), `"savez"`
   (halfway through writing the state's temporary file), `"replace"` (just
-  before the state writer's `os.replace`/`os.rename`).
+  before the state writer's `os.replace`/`os.rename`), `"remove"` (just
+  before a generation no longer needed is removed).
 - `epochs`: how many epochs `fit` runs (`EPOCHS` by default).
+- `save_freq`: `BackupAndRestore`'s (`"epoch"` by default, or an int);
+  `double`: its `double_checkpoint`.
+- `accumulation`: the optimizer's `gradient_accumulation_steps`.
+- `mixed`: train under the `"mixed_float16"` policy (a loss-scale optimizer).
+- `lora`: enable LoRA (rank 2) on both Dense layers before training.
 - `workdir`: holds `keras/` (BackupAndRestore's), `state/` (the callback's
   `backup_dir`) and `result.npz` / `result.json`.
 
@@ -146,6 +152,16 @@ def _arm_patches(trigger, state_dir):
 
         setattr(os, fn, move)
 
+    real_remove = os.remove
+
+    def remove(path, *args, **kwargs):
+        name = os.path.basename(os.fspath(path))
+        if os.path.dirname(os.fspath(path)) == state_dir and name.startswith("state."):
+            trigger.reach("remove")
+        return real_remove(path, *args, **kwargs)
+
+    os.remove = remove
+
 
 def _listing(directory):
     """{name: size} of the files under `directory` (recursively)."""
@@ -178,11 +194,22 @@ def run_job(job):
     keras.utils.set_random_seed(0)
 
     (x, y), (xv, yv) = regression_data(0, n_train=64, n_val=32)
+    if job.get("mixed"):
+        keras.config.set_dtype_policy("mixed_float16")
     model = regression_model(0)
+    if job.get("lora"):
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dense):
+                layer.enable_lora(2)
+                # Non-zero adapters from the start, so that a merge shows.
+                layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.1))
     # XLA would compile each function afresh in every child: seconds of CPU
     # that tell nothing here. (JAX always compiles.)
     jit = "auto" if keras.backend.backend() == "jax" else False
-    model.compile(keras.optimizers.Adam(0.03), "mse", jit_compile=jit)
+    optimizer = keras.optimizers.Adam(
+        0.03, gradient_accumulation_steps=job.get("accumulation")
+    )
+    model.compile(optimizer, "mse", jit_compile=jit)
 
     update_freq = job.get("update_freq", "epoch")
     step_kw = {} if update_freq == "epoch" else {"update_freq": update_freq}
@@ -192,7 +219,11 @@ def run_job(job):
         averaging = ASWA(backup_dir=state_dir, **step_kw)
     else:
         averaging = SWA(start_from_epoch=1, backup_dir=state_dir, **step_kw)
-    keras_backup = keras.callbacks.BackupAndRestore(keras_dir)
+    keras_backup = keras.callbacks.BackupAndRestore(
+        keras_dir,
+        save_freq=job.get("save_freq", "epoch"),
+        double_checkpoint=job.get("double", False),
+    )
 
     class Tracker(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -242,6 +273,11 @@ def run_job(job):
     if "error" not in result:
         result["history"] = averaging.history
         result["ensemble_size"] = averaging.ensemble_size
+        result["best_score"] = getattr(averaging, "best_score", None)
+        # The model handed back, scored as ASWA scores it.
+        result["evaluated"] = model.evaluate(
+            xv, yv, batch_size=BATCH_SIZE, verbose=0, return_dict=True
+        )["loss"]
         arrays = {
             f"e{i}": w
             for i, w in enumerate(averaging.ensemble_weights())

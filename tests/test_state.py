@@ -13,7 +13,7 @@ from scenarios import (
 )
 
 from keras_aswa import ASWA, SWA
-from keras_aswa.state import LATEST, PREVIOUS, StateFileError, StateStore
+from keras_aswa.state import StateFileError, StateStore
 
 EPOCHS = 8
 
@@ -27,12 +27,24 @@ def load_states(directory):
 def meta(epoch, step=None):
     return {
         "callback": "ASWA",
+        "config": {},
         "epoch": epoch,
         "step": step,
+        "batches": step,
+        "epoch_start": None,
         "count": 1,
         "signature": [[[3], "float32"], [[], None]],
         "history": [],
     }
+
+
+def keep_all(metas):
+    return metas
+
+
+def latest_file(state):
+    """The newest generation's file."""
+    return os.path.join(state, max(n for n in os.listdir(state) if n.endswith(".npz")))
 
 
 class Crash(keras.callbacks.Callback):
@@ -75,7 +87,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make):
     first = make(backup_dir=state)
     with pytest.raises(RuntimeError, match="preempted"):
         run(tmp_path / "killed", first, crash_at=5)
-    assert os.path.exists(os.path.join(state, LATEST))
+    assert os.path.exists(latest_file(state))
     resumed = make(backup_dir=state)
     got = weights(run(tmp_path / "killed", resumed))
 
@@ -132,11 +144,11 @@ def crashed_state(tmp_path):
 
 def test_truncated_state_file_is_an_error_and_is_kept(tmp_path):
     state = crashed_state(tmp_path)
-    path = os.path.join(state, LATEST)
+    path = latest_file(state)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     damaged = open(path, "rb").read()
-    with pytest.raises(StateFileError, match=LATEST) as info:
+    with pytest.raises(StateFileError, match=os.path.basename(path)) as info:
         run(tmp_path / "k", ASWA(backup_dir=state))
     assert "truncated" in str(info.value)
     assert open(path, "rb").read() == damaged  # never silently replaced
@@ -173,17 +185,19 @@ def test_stale_state_with_a_fresh_start_is_an_error(tmp_path):
         )
 
 
-def test_generations_rotate_and_writes_are_atomic(tmp_path):
+def test_generations_are_kept_as_told_and_writes_are_atomic(tmp_path):
     d = str(tmp_path)
     store = StateStore(d)
+    store.lock()
     f32 = np.arange(3, dtype="float32")
-    store.save([f32, None], meta(0))
-    store.save([f32 + 1, None], meta(1))
+    store.save([f32, None], meta(0), keep=keep_all)
+    store.save([f32 + 1, None], meta(1), keep=keep_all)
     (latest, latest_meta), (prev, prev_meta) = load_states(d)
     assert latest_meta["epoch"] == 1 and prev_meta["epoch"] == 0
     np.testing.assert_array_equal(latest[0], [1, 2, 3])
     assert latest[1] is None
-    assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])  # no temporaries
+    names = sorted(n for n in os.listdir(d) if n != ".lock")
+    assert len(names) == 2  # no temporaries
 
     class Boom(Exception):
         pass
@@ -193,9 +207,14 @@ def test_generations_rotate_and_writes_are_atomic(tmp_path):
             raise Boom
 
     with pytest.raises(Boom):
-        store.save([Exploding()], meta(2))
+        store.save([Exploding()], meta(2), keep=keep_all)
     assert load_states(d)[0][1]["epoch"] == 1  # the old state stands
-    assert sorted(os.listdir(d)) == sorted([LATEST, PREVIOUS])
+    assert sorted(n for n in os.listdir(d) if n != ".lock") == names
+    # Only what `keep` names stays.
+    store.save([f32, None], meta(3), keep=lambda metas: metas[:1])
+    assert [m["epoch"] for _, m in load_states(d)] == [3]
+    store.clear()
+    assert os.listdir(d) == []
 
 
 def test_finished_run_clears_state_without_restore(tmp_path):
@@ -271,7 +290,8 @@ def test_state_written_with_other_arguments_is_an_error(tmp_path):
     before = sorted(os.listdir(state))
     with pytest.raises(StateFileError, match="monitor") as info:
         run(tmp_path / "k", ASWA(backup_dir=state, monitor="val_mse", mode="min"))
-    assert LATEST in str(info.value) and "same arguments" in str(info.value)
+    assert os.path.basename(latest_file(state)) in str(info.value)
+    assert "same arguments" in str(info.value)
     assert sorted(os.listdir(state)) == before
 
 
@@ -298,7 +318,7 @@ def rewrite_meta(path, change):
 )
 def test_damaged_metadata_names_the_file(tmp_path, change, message):
     state = crashed_state(tmp_path)
-    path = os.path.join(state, LATEST)
+    path = latest_file(state)
     rewrite_meta(path, change)
     with pytest.raises(StateFileError, match=message) as info:
         run(tmp_path / "k", ASWA(backup_dir=state))

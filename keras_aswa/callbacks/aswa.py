@@ -75,9 +75,11 @@ class ASWA(AveragingCallback):
         restore_best: Whether the model receives the ensemble when training
             ends, however it stopped.
         update_freq: `"epoch"` (the default) decides at every epoch end;
-            an int `N` decides every `N` training batches (counted by the
-            optimizer's iterations), on the callback's `validation_data` or
-            `score_fn`, as `ModelCheckpoint(save_freq=N)` saves.
+            an int `N` decides every `N` of `fit`'s training batches,
+            counted across epochs and resumes as `ModelCheckpoint(save_freq=N)`
+            counts them (gradient accumulation and skipped loss-scale steps
+            do not shift the checks), on the callback's `validation_data` or
+            `score_fn`.
             `start_from_epoch` still counts epochs.
         variables: Which variables the ensemble holds. None (the default):
             what training changes, i.e. the trainable variables and the
@@ -124,8 +126,8 @@ class ASWA(AveragingCallback):
     Attributes:
         history: One dict per scored or skipped epoch (or check) with keys
             `"epoch"`, `"running"`, `"provisional"`, `"decision"`,
-            `"ensemble_size"` and `"ensemble_score"`, and `"step"` (the
-            optimizer step after the check) at step level.
+            `"ensemble_size"` and `"ensemble_score"`, and `"step"` (`fit`'s
+            training batches so far) at step level.
         ensemble_size: How many snapshots the ensemble averages.
         best_score: The ensemble's validation score (None before the first
             scored epoch).

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_aswa import internals, kernels, selection
+from keras_aswa import internals, kernels, lora, selection
 from keras_aswa.averaging import WeightAverage
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.peers import check_peers
 from keras_aswa.distribute import is_chief
 from keras_aswa.isolation import rng_preserved
-from keras_aswa.state import StateFileError, StateStore
+from keras_aswa.state import EMPTY, StateFileError, StateStore, retain
 
 BATCHNORM_MODES = ("average", "recompute")
 EPOCH = "epoch"
@@ -33,8 +33,10 @@ class AveragingCallback(keras.callbacks.Callback):
     Args:
         restore: Whether `on_train_end` writes the average into the model.
         update_freq: `"epoch"` to act at every epoch end, or an int `N` to
-            act every `N` training batches (counted by the optimizer's
-            iterations, so that a resumed run checks at the same steps).
+            act every `N` of `fit`'s training batches, counted across epochs
+            and resumes (as `ModelCheckpoint(save_freq=N)` counts; not the
+            optimizer's iterations, which gradient accumulation and skipped
+            loss-scale steps hold back).
         variables: Which variables are averaged: None for what training
             changes (see `keras_aswa.selection`), `"all"` for every float
             variable, or a list of the model's variables.
@@ -97,6 +99,7 @@ class AveragingCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self._average: WeightAverage | None = None
         self.history: list[dict] = []
+        self._reset_fit()
         if self.update_freq != EPOCH:
             # Only step-level callbacks take batch hooks: Keras dispatches the
             # batches of a fit without any asynchronously.
@@ -117,35 +120,54 @@ class AveragingCallback(keras.callbacks.Callback):
                 stacklevel=2,
             )
         model = self.model
-        check_peers(
-            self, internals.fit_callbacks(model), getattr(model, "optimizer", None)
-        )
+        callbacks = internals.fit_callbacks(model)
+        check_peers(self, callbacks, getattr(model, "optimizer", None))
         # One instance may serve several fits: each starts afresh, and chooses
         # its variables anew (a layer may have been (un)frozen in between).
-        self._average = None
-        self._resumed = None
+        self._reset_fit()
         self.history = []
         self._batch_size = internals.fit_batch_size(model) or 32
-        self._first_epoch_seen = False
-        self._store = None
+        self._keras_backup = next(
+            (c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)),
+            None,
+        )
         if self.backup_dir is not None:
             # Read (and checked) now, so that a bad file stops fit before
-            # training; which generation applies is known at the first epoch.
+            # training; which generation applies is known once Keras'
+            # BackupAndRestore has restored (in its own on_train_begin).
             self._store = StateStore(self.backup_dir)
+            if is_chief(self._model):
+                self._store.lock()
             self._store.load(tidy=is_chief(self._model))
             for _, meta in self._store.generations:
                 self._check_state(meta)
+            # Keras merges LoRA adapters into their bases when it saves: the
+            # bases are kept, to be put back after it restores.
+            self._lora = lora.parts(model)
+            if is_chief(self._model):
+                lora.save_bases(self._lora, self.backup_dir)
         if model.built and model.weights:
             self._engine()  # a model built later (TF, no Input) waits
 
+    def _reset_fit(self) -> None:
+        """The state of one `fit`, set afresh when it begins."""
+        self._average = None
+        self._resumed = None  # (arrays, count) for an engine made later
+        self._store = None
+        self._keras_backup = None
+        self._lora: list = []  # LoRA layers, with a backup_dir
+        self._pending_resume = True  # until the first epoch (or the end)
+        self._step = 0  # fit's training batches so far, across resumes
+        self._epoch_start = 0  # ... before the current epoch
+        self._epoch = 0
+        self._last_batch = -1
+
     def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_resume:
+            self._resume(epoch)
         self._epoch = epoch
         self._last_batch = -1
-        if not self._first_epoch_seen:
-            self._first_epoch_seen = True
-            if self.update_freq != EPOCH:
-                self._step = self._optimizer_step()
-            self._resume(epoch)
+        self._epoch_start = self._step
         if self._average is not None and self._average.swapped_in:
             self._sync_variables()
             self._average.swap_out()
@@ -163,6 +185,8 @@ class AveragingCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if self.update_freq == EPOCH:
+            steps = self.params.get("steps")
+            self._step = self._epoch_start + steps if steps else self._step
             self._act(epoch, None, logs)
         else:
             self._log(logs)  # the state after the epoch's last check
@@ -171,6 +195,10 @@ class AveragingCallback(keras.callbacks.Callback):
             self._average.swap_in()
 
     def on_train_end(self, logs=None):
+        if self._pending_resume:
+            # fit trained no epoch: Keras resumed after the last one. The
+            # average it ended with comes back all the same.
+            self._resume(internals.fit_initial_epoch(self.model))
         with rng_preserved():
             if self._average is not None and self._average.swapped_in:
                 self._sync_variables()
@@ -179,6 +207,7 @@ class AveragingCallback(keras.callbacks.Callback):
                 # The run finished: a later fit starts afresh, as with
                 # BackupAndRestore.
                 self._store.clear()
+            self._store = None
             if self.restore:
                 self._restore_average()
 
@@ -250,73 +279,80 @@ class AveragingCallback(keras.callbacks.Callback):
     def _recompute_batchnorm(self):
         update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
 
-    def _optimizer_step(self) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return 0
-        return int(ops.convert_to_numpy(optimizer.iterations))
-
     # --- resuming ------------------------------------------------------------
 
     def _resume(self, epoch: int) -> None:
-        """Restores the saved state that matches where `fit` starts."""
-        if self._store is None or not self._store.generations:
+        """Continues from the saved state that matches what Keras restored.
+
+        Runs once a fit, after every callback's `on_train_begin` (Keras'
+        `BackupAndRestore` restores the weights in its own): at the first
+        epoch, or at the end of a fit that trains none.
+        """
+        self._pending_resume = False
+        backup = self._keras_backup
+        batch = None
+        if backup is not None:
+            internals.keep_backup_epoch(backup, epoch)
+            if isinstance(backup.save_freq, int):
+                position = internals.backup_position(backup)
+                if position is not None and position["epoch"] == epoch:
+                    batch = position["batch"]
+        if self._store is None or (not self._store.generations and epoch > 1):
+            # Epoch 1 may be a kill between Keras' backup of epoch 0 and the
+            # state's first write: resumed below.
             if epoch > 0:
                 warnings.warn(
                     f"fit is resuming at epoch {epoch} (initial_epoch or "
                     f"BackupAndRestore): {type(self).__name__} starts a new "
-                    "average here, since no earlier one was kept (pass "
-                    "backup_dir= to keep it).",
+                    "average here, since no earlier one was kept"
+                    + (
+                        " (pass backup_dir= to keep it)."
+                        if self._store is None
+                        else f" ({self.backup_dir} holds none)."
+                    ),
                     stacklevel=3,
                 )
             return
-        missed = None
-        if self.update_freq == EPOCH:
-            found = self._store.pick(lambda meta: meta["epoch"] == epoch - 1)
-            if found is None:
-                # Killed after BackupAndRestore saved epoch - 1 and before this
-                # callback did: that epoch end is replayed below, from the
-                # weights BackupAndRestore restored.
-                found = self._store.pick(lambda meta: meta["epoch"] == epoch - 2)
-                missed = epoch - 1
-        else:
-            # The last check at or before the optimizer step fit resumes from.
-            step = self._step
-            found = self._store.pick(
-                lambda meta: (
-                    meta["step"] is not None
-                    and step - self.update_freq < meta["step"] <= step
-                )
-            )
-        if found is None:
-            latest = self._store.generations[0][1]
-            where = f"epoch {latest['epoch']}"
-            if latest["step"] is not None:
-                where += f", step {latest['step']}"
-            raise StateFileError(
-                f"{latest['path']} holds the average up to {where}, but this "
-                f"fit starts at epoch {epoch}"
-                + ("" if self.update_freq == EPOCH else f", step {self._step}")
-                + ", and no state kept matches that. The state was left as it "
-                "is. Resume from the backup it belongs to (the same "
-                "keras.callbacks.BackupAndRestore folder, or initial_epoch="
-                f"{latest['epoch'] + 1}), or delete {self.backup_dir} to start "
-                "a new average."
-            )
-        arrays, meta = found
+        found = self._store.resume(
+            epoch, batch, self.params.get("steps"), self.update_freq
+        )
+        meta = found.meta
         # A state saved before the first averaged epoch holds no average.
-        self._resumed = (arrays, meta["count"]) if meta["count"] else None
-        self.history = meta["history"]
-        self._restore_state(meta)
-        self._store.free()
+        self._resumed = (found.arrays, meta["count"]) if meta["count"] else None
+        self.history = [dict(record) for record in meta["history"]]
+        if meta is not EMPTY:
+            self._restore_state(meta)
+        self._store.drop_after(meta)
+        self._step = self._epoch_start = found.batches or 0
+        if self._lora:
+            # The running adapters are known where a state was written at
+            # the very point Keras restored; elsewhere they are factored
+            # out of the merged base again.
+            at_backup = found.replay is None and (
+                batch is None
+                if self.update_freq == EPOCH
+                else meta["batches"] == found.batches
+            )
+            self._sync_variables()
+            lora.unmerge(
+                self._lora,
+                self.backup_dir,
+                meta.get("adapter_arrays") if at_backup and meta is not EMPTY else None,
+            )
         if self._average is not None and self._resumed is not None:
             self._average.load(*self._resumed)
             self._resumed = None
-        if missed is not None:
-            self._act(missed, None, self._replayed_logs(missed))
+        if self.update_freq == EPOCH and found.replay is not None:
+            self._act(found.replay, None, self._replayed_logs(found.replay))
+        elif found.replay is not None:
+            self._act(epoch if batch is not None else epoch - 1, found.replay, {})
+        elif batch is not None and self.update_freq != EPOCH and is_chief(self._model):
+            # Keras trains this epoch again from its first batch: the state
+            # records where this fit's count starts.
+            self._save(epoch, self._step)
 
     def _save(self, epoch: int, step: int | None) -> None:
-        average = self._average
+        average = self._engine()
         arrays = [None] * len(average.variables)
         if not average.empty:
             arrays = [
@@ -328,12 +364,24 @@ class AveragingCallback(keras.callbacks.Callback):
             "config": self._config(),
             "epoch": epoch,
             "step": step,
+            "batches": self._step
+            if self.update_freq != EPOCH or self.params.get("steps")
+            else None,
+            "epoch_start": self._epoch_start,
             "count": average.count,
             "signature": average.signature(),
             "history": self.history,
             **self._state_meta(),
         }
-        self._store.save(arrays, meta)
+        backup = self._keras_backup
+        cadence = EPOCH if backup is None else backup.save_freq
+        double = backup is not None and backup.double_checkpoint
+        self._store.save(
+            arrays,
+            meta,
+            keep=lambda metas: retain(metas, cadence, double),
+            adapters=lora.adapters(self._lora),
+        )
 
     def _check_state(self, meta: dict) -> None:
         name = type(self).__name__

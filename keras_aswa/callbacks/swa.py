@@ -36,8 +36,9 @@ class SWA(AveragingCallback):
         frequency: Average every `frequency`-th epoch from the first.
         restore: Whether the model receives the average when training ends.
         update_freq: `"epoch"` (the default) averages at epoch ends; an int
-            `N` averages every `N` training batches (counted by the
-            optimizer's iterations) from `start_from_epoch` on, for runs of
+            `N` averages every `N` of `fit`'s training batches (counted
+            across epochs and resumes, as `ModelCheckpoint(save_freq=N)`
+            counts them) from `start_from_epoch` on, for runs of
             one to a few epochs. `frequency` must then stay 1.
         variables: Which variables are averaged. None (the default): what
             training changes (trainable variables and the non-trainable float

@@ -1,0 +1,131 @@
+"""LoRA layers across Keras' `BackupAndRestore`.
+
+Keras saves a LoRA layer (`layer.enable_lora(rank)`, keras-hub's
+`backbone.enable_lora`) with its adapters merged into the kernel; loading
+writes that merged kernel into the frozen base and zeroes the adapters. The
+average holds the adapters only (the base never changes during `fit`), and
+adapters mean something only on the base they were validated with. So a
+callback with a `backup_dir` keeps the bases there (once: they do not change)
+and the running adapters with every generation of its state; after Keras
+restores, `unmerge` puts the base back and the running adapters with it.
+
+Example:
+
+```python
+parts = lora.parts(model)
+lora.save_bases(parts, "backup/aswa")        # once a run
+adapters = lora.adapters(parts)              # with every generation
+lora.unmerge(parts, "backup/aswa", adapters) # after Keras restored
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+from keras import ops
+
+from keras_aswa import internals, kernels
+from keras_aswa.state import LORA_BASES as BASES
+
+
+@dataclass
+class Part:
+    """One LoRA layer: its frozen base, its two adapters, their scale."""
+
+    base: object
+    a: object
+    b: object
+    scale: float
+
+
+def parts(model) -> list[Part]:
+    """The LoRA layers of `model` with a floating-point base, in layer order."""
+    found = []
+    for layer in internals.flatten_layers(model):
+        variables = internals.lora_variables(layer)
+        if variables is None:
+            continue
+        base, a, b = variables
+        if "float" not in str(base.dtype):
+            continue  # a quantized base is Keras' own business
+        found.append(Part(base, a, b, layer.lora_alpha / layer.lora_rank))
+    return found
+
+
+def _numpy(variable) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(kernels.read(variable)), "float32")
+
+
+def save_bases(found: list[Part], directory: str) -> None:
+    """Writes the bases to `directory` (atomically), unless already there."""
+    path = os.path.join(directory, BASES)
+    if not found or os.path.exists(path):
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, *[_numpy(p.base) for p in found])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def adapters(found: list[Part]) -> list[np.ndarray]:
+    """The running adapters, `a` then `b` of each layer."""
+    return [_numpy(v) for p in found for v in (p.a, p.b)]
+
+
+def unmerge(found: list[Part], directory: str, running: list | None) -> bool:
+    """Undoes Keras' merge of the adapters into the bases, where it happened.
+
+    Args:
+        found: The model's LoRA layers (`parts`).
+        directory: Where `save_bases` wrote the bases.
+        running: The running adapters when Keras' backup was made
+            (`adapters`), or None when they are not known (a backup made
+            between two of the callback's writes): the merged difference is
+            then factored again, at the layer's rank, so that the model
+            computes what Keras restored.
+
+    Returns:
+        Whether any base had been merged.
+    """
+    path = os.path.join(directory, BASES)
+    if not found or not os.path.exists(path):
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        bases = [data[f"arr_{i}"] for i in range(len(found))]
+    merged = False
+    for i, (part, base) in enumerate(zip(found, bases, strict=True)):
+        current = _numpy(part.base)
+        if np.array_equal(current, base):
+            continue
+        merged = True
+        if running is not None:
+            a, b = running[2 * i], running[2 * i + 1]
+        else:
+            a, b = _factor((current - base) / part.scale, part.a.shape[-1])
+        for variable, value in ((part.base, base), (part.a, a), (part.b, b)):
+            variable.assign(np.asarray(value).reshape(variable.shape))
+    return merged
+
+
+def _factor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """`a @ b == delta` (up to rounding) with `rank` columns in `a`."""
+    matrix = delta.reshape(-1, delta.shape[-1]).astype("float64")
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    a = np.zeros((matrix.shape[0], rank), "float32")
+    b = np.zeros((rank, matrix.shape[1]), "float32")
+    # A matrix of lower rank than the layer's leaves the other columns 0.
+    a[:, : root.size] = u[:, :rank] * root
+    b[: root.size] = root[:, None] * vt[:rank]
+    return a.reshape(delta.shape[:-1] + (rank,)), b
