@@ -15,11 +15,15 @@ ensemble). Three sources:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import sys
+import types
+import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from keras import ops
-from keras.utils import unpack_x_y_sample_weight
+from keras.utils import PyDataset, unpack_x_y_sample_weight
 
 from keras_aswa import internals
 
@@ -108,6 +112,10 @@ class DataValidation(Scorer):
     retrace for a second input signature (labels of shape `(n,)` beside
     `fit`'s `(n, 1)`) with relaxed shapes, which Keras' losses cannot handle.
 
+    Data it cannot evaluate at every check is refused at construction: a
+    one-shot iterator, data without batches, or an infinite dataset without
+    `steps`. `steps` beyond the data's batches are cut to them, with a warning.
+
     Args:
         monitor: The quantity; a leading `val_` is dropped to find it in the
             results of `model.evaluate`.
@@ -117,6 +125,10 @@ class DataValidation(Scorer):
         batch_size: Passed to `model.evaluate` for array data.
         steps: How many batches of `data` each evaluation uses (None: all);
             arrays are then batched by `batch_size`, or 32.
+
+    Raises:
+        ValueError: If `data` is a generator or another one-shot iterator,
+            holds no batch, or is infinite and `steps` is None.
     """
 
     def __init__(self, monitor: str, data, batch_size: int | None = None, steps=None):
@@ -124,7 +136,9 @@ class DataValidation(Scorer):
         self.data = data
         self.batch_size = batch_size
         self.steps = steps
+        self._steps = steps  # `steps`, cut to the batches there are
         self._test_function = None
+        self._checked_batches()  # refuses now what no evaluation could use
 
     def __deepcopy__(self, memo):
         # The data is shared (see `deepcopy_sharing_data`), and a compiled
@@ -133,15 +147,64 @@ class DataValidation(Scorer):
         memo[id(self)] = copied
         return copied
 
+    def _checked_batches(self) -> int | float | None:
+        """How many batches an evaluation without `steps` would run.
+
+        `math.inf` for an infinite dataset, None where it cannot be known
+        before iterating (a `tf.data.Dataset` of unknown cardinality, an
+        iterable torch dataset).
+
+        Raises:
+            ValueError: If the data cannot be evaluated at every check.
+        """
+        x, _, _ = unpack_x_y_sample_weight(self.data)
+        if isinstance(x, types.GeneratorType) or (
+            isinstance(x, Iterator) and iter(x) is x
+        ):
+            raise ValueError(
+                "The callback's validation_data is a generator (or another "
+                "iterator that can be iterated once), which the first "
+                "evaluation would use up. Pass data that can be iterated "
+                "again: arrays (x_val, y_val), a tf.data.Dataset, a "
+                "keras.utils.PyDataset or a torch DataLoader."
+            )
+        n = _num_batches(x, self.batch_size or 32)
+        if n == 0:
+            raise ValueError(
+                "The callback's validation_data is empty: it holds no sample "
+                "to score on. Pass data of at least one batch, or leave "
+                "validation_data out to score on fit's validation data."
+            )
+        if n == math.inf and self.steps is None:
+            raise ValueError(
+                "The callback's validation_data is infinite (a tf.data.Dataset "
+                "repeated with .repeat(), or a PyDataset whose num_batches is "
+                "None), so an evaluation over all of it would never end: pass "
+                "validation_steps=N, the number of its batches each evaluation "
+                "scores on."
+            )
+        return n
+
     def on_train_begin(self, model):
         self._test_function = None  # a new fit, maybe another model
         x, y, _ = unpack_x_y_sample_weight(self.data)
+        n = self._checked_batches()
+        self._steps = self.steps
+        if self.steps is not None and n is not None and n < self.steps:
+            # Else Keras would warn at every check that the input "ran out of
+            # data; interrupting training", as if training stopped.
+            size = f" of {self.batch_size or 32} samples" if _arrays(x) else ""
+            warnings.warn(
+                f"validation_steps={self.steps} is more than the {n} batches"
+                f"{size} that the callback's validation_data holds: each "
+                f"evaluation scores on those {n}. Pass validation_steps={n} "
+                "or fewer (or None: all of them).",
+                stacklevel=2,
+            )
+            self._steps = n
         # Arrays without labels, for a model whose compiled loss needs them:
         # found now, not after the first epoch trained.
-        parts = list(x.values()) if isinstance(x, dict) else x
-        parts = parts if isinstance(parts, list | tuple) else [parts]
-        arrays = bool(parts) and all(hasattr(p, "shape") for p in parts)
-        if y is None and arrays and getattr(model, "loss", None) is not None:
+        if y is None and _arrays(x) and getattr(model, "loss", None) is not None:
             raise ValueError(
                 "The callback's validation_data holds no labels: pass "
                 "validation_data=(x_val, y_val) (or (x_val, y_val, "
@@ -166,7 +229,7 @@ class DataValidation(Scorer):
                 y,
                 sample_weight=sample_weight,
                 batch_size=batch_size,
-                steps=self.steps,
+                steps=self._steps,
                 verbose=0,
                 return_dict=True,
             )
@@ -183,6 +246,54 @@ class DataValidation(Scorer):
             self._test_function = model.test_function
             model.test_function = fit_function
         return _evaluated(results, self.monitor)
+
+
+def _arrays(x) -> list | None:
+    """The arrays of `x` (one, or a list, tuple or dict of them); None if it
+    is not made of arrays."""
+    parts = list(x.values()) if isinstance(x, dict) else x
+    parts = parts if isinstance(parts, list | tuple) else [parts]
+    arrays = bool(parts) and all(hasattr(p, "shape") for p in parts)
+    return parts if arrays else None
+
+
+def _num_batches(x, batch_size: int) -> int | float | None:
+    """The batches of `x` (arrays batched by `batch_size`), as Keras counts
+    them; `math.inf` if infinite, None if unknown.
+
+    Raises:
+        ValueError: If `x` is a `PyDataset` whose number of batches cannot be
+            read, which Keras needs even with `steps`.
+    """
+    # A dataset of a framework means that framework is imported already.
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        if cardinality == tf.data.INFINITE_CARDINALITY:
+            return math.inf
+        return None if cardinality == tf.data.UNKNOWN_CARDINALITY else cardinality
+    if isinstance(x, PyDataset):
+        try:
+            n = x.num_batches
+        except (NotImplementedError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"The callback's validation_data, a {type(x).__name__}, has no "
+                f"number of batches (num_batches raised {type(e).__name__}: "
+                f"{e}), which Keras reads to iterate it. Give it a num_batches "
+                "property (or __len__) returning its number of batches, or "
+                "None if it is infinite, and then pass validation_steps=."
+            ) from e
+        return math.inf if n is None else n
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.utils.data.DataLoader):
+        try:
+            return len(x)
+        except TypeError:  # an iterable dataset without a length
+            return None
+    arrays = _arrays(x)
+    if arrays is None or not arrays[0].shape or arrays[0].shape[0] is None:
+        return None
+    return math.ceil(int(arrays[0].shape[0]) / batch_size)
 
 
 class FunctionScore(Scorer):
