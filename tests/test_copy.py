@@ -98,3 +98,23 @@ def test_keras_tuner_search_with_a_dataset(tmp_path):
     assert len(tuner.oracle.trials) == 2
     assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     assert original.history == []  # each trial trained a copy
+
+
+@pytest.mark.parametrize("make", [ASWA, SWA], ids=["ASWA", "SWA"])
+def test_a_fitted_callback_pickles_with_its_arguments_and_history(make, tmp_path):
+    import pickle
+
+    _, (xv, yv) = regression_data()
+    kwargs = {"validation_data": (xv, yv)} if make is ASWA else {}
+    original = make(backup_dir=str(tmp_path / "state"), **kwargs)
+    aswa_run([original], epochs=3)
+    copied = pickle.loads(pickle.dumps(original))
+    assert copied.history == original.history and copied.history
+    assert copied.backup_dir == original.backup_dir
+    if make is ASWA:
+        assert copied.best_score == original.best_score
+    # It trains again, like a new one would.
+    again = make(**kwargs)
+    aswa_run([copied], epochs=3)
+    aswa_run([again], epochs=3)
+    assert copied.history == again.history

@@ -166,3 +166,54 @@ def test_torch_dtype():
     assert internals.torch_dtype("bfloat16") is torch.bfloat16, gone(
         "torch_dtype", "keras.src.backend.torch.core.to_torch_dtype"
     )
+
+
+def test_backup_and_restore_record_and_epoch(tmp_path):
+    # BackupAndRestore's metadata file, the epoch it records, and the epoch it
+    # makes fit start at: what the resume of a killed run reads.
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=3)
+    seen = {}
+
+    class Look(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            internals.keep_backup_epoch(backup, epoch)
+
+        def on_train_end(self, logs=None):
+            seen["position"] = internals.backup_position(backup)
+            seen["start"] = internals.fit_initial_epoch(self.model)
+
+    (x, y), _ = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    backup.delete_checkpoint = False
+    model.fit(
+        x[:64], y[:64], batch_size=16, epochs=2, verbose=0, callbacks=[Look(), backup]
+    )
+    why = "BackupAndRestore's _training_metadata_path and _current_epoch"
+    # 8 batches, backups after batches 3 and 6: the second is epoch 1, batch 1.
+    assert seen["position"] == {"epoch": 1, "batch": 1}, gone("backup_position", why)
+    assert seen["start"] == 0, gone("fit_initial_epoch", "fit's initial_epoch")
+    resumed = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=3)
+    model.fit(
+        x[:64], y[:64], batch_size=16, epochs=2, verbose=0, callbacks=[resumed, Look()]
+    )
+    why = "model._initial_epoch, which BackupAndRestore sets"
+    assert seen["start"] == 1, gone("fit_initial_epoch", why)
+
+
+def test_lora_variables():
+    dense = keras.layers.Dense(3)
+    dense.build((None, 4))
+    assert internals.lora_variables(dense) is None
+    dense.enable_lora(2)
+    embedding = keras.layers.Embedding(5, 3)
+    embedding.build((None,))
+    embedding.enable_lora(2)
+    for layer, base in ((dense, "_kernel"), (embedding, "_embeddings")):
+        found = internals.lora_variables(layer)
+        why = f"{type(layer).__name__}.{base} and its lora_*_a / lora_*_b"
+        assert found is not None and len(found) == 3, gone("lora_variables", why)
+        assert found[0] is getattr(layer, base) and not found[0].trainable, gone(
+            "lora_variables", why
+        )
+        assert found[1].trainable and found[2].trainable

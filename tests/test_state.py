@@ -313,8 +313,22 @@ def rewrite_meta(path, change):
         (lambda m, p: m.pop("signature"), "lacks \\['signature'\\]"),
         (lambda m, p: m.update(format=99), "format version 99"),
         (lambda m, p: p.update(a0=np.zeros((2, 2), "float32")), "do not match"),
+        (lambda m, p: m.update(history=5), "invalid values: history=5"),
+        (lambda m, p: m.update(count="x"), "invalid values: count='x'"),
+        (lambda m, p: m.update(count=-3), "invalid values: count=-3"),
+        (lambda m, p: m.update(epoch=1.5), "invalid values: epoch=1.5"),
+        (lambda m, p: m.update(signature=[["3"], 1]), "invalid values: signature"),
     ],
-    ids=["missing-key", "format", "shape"],
+    ids=[
+        "missing-key",
+        "format",
+        "shape",
+        "history",
+        "count-str",
+        "count-neg",
+        "epoch-float",
+        "signature",
+    ],
 )
 def test_damaged_metadata_names_the_file(tmp_path, change, message):
     state = crashed_state(tmp_path)
@@ -332,4 +346,70 @@ def test_temporary_file_of_a_killed_write_does_not_outlive_the_run(tmp_path):
     with open(stale, "wb") as f:
         f.write(b"half a state")
     run(tmp_path / "k", ASWA(backup_dir=state))
+    assert os.listdir(state) == []
+
+
+class Batches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below-a-file"])
+def test_backup_dir_that_is_not_a_folder_stops_fit_before_training(tmp_path, below):
+    path = tmp_path / "taken"
+    path.write_text("not a folder")
+    backup_dir = str(path / "state") if below else str(path)
+    batches = Batches()
+    with pytest.raises(StateFileError, match="is not a folder"):
+        fit_regression(
+            compiled_model(), [ASWA(backup_dir=backup_dir), batches], epochs=2
+        )
+    assert batches.seen == 0
+    assert path.read_text() == "not a folder"
+
+
+HOLD_LOCK = """
+import sys
+from keras_aswa.state import StateStore
+StateStore(sys.argv[1]).lock()
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_process_on_the_same_backup_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    state = str(tmp_path / "state")
+    os.makedirs(state)
+    # A write in progress of the process that holds the folder.
+    in_progress = os.path.join(state, ".state-inprogress.npz")
+    with open(in_progress, "wb") as f:
+        f.write(b"half")
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, state],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+    )
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        batches = Batches()
+        with pytest.raises(StateFileError, match="in use by another process"):
+            fit_regression(
+                compiled_model(), [ASWA(backup_dir=state), batches], epochs=2
+            )
+        assert batches.seen == 0
+        assert os.path.exists(in_progress), "the other process' write was deleted"
+    finally:
+        other.stdin.close()
+        other.wait(timeout=120)
+    # Once it is gone, the folder is free again.
+    fit_regression(compiled_model(), [ASWA(backup_dir=state)], epochs=2)
     assert os.listdir(state) == []

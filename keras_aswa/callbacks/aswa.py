@@ -212,6 +212,15 @@ class ASWA(AveragingCallback):
 
     __deepcopy__ = arguments.deepcopy_sharing_data
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_scorer"] = None  # holds a compiled test function: made anew
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._scorer = self._make_scorer()
+
     @property
     def restore_best(self) -> bool:
         """Whether the model receives the ensemble when training ends."""

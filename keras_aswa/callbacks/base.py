@@ -105,6 +105,16 @@ class AveragingCallback(keras.callbacks.Callback):
             # batches of a fit without any asynchronously.
             self.on_train_batch_end = self._count_batches
 
+    def __getstate__(self):
+        # What belongs to a fit (the model, its average with its compiled
+        # kernels, the locked state folder) is not pickled: a pickled
+        # callback keeps its arguments and history, as a deep copy does.
+        state = self.__dict__.copy()
+        for name in ("_model", "_average", "_resumed", "_store", "_keras_backup"):
+            state[name] = None
+        state["_lora"] = []
+        return state
+
     # --- fit's lifecycle -----------------------------------------------------
 
     def on_train_begin(self, logs=None):
