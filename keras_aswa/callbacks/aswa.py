@@ -107,12 +107,18 @@ class ASWA(AveragingCallback):
             score, history, epoch) is written atomically after every epoch
             (every check at step level), and read back when `fit` resumes,
             e.g. with `keras.callbacks.BackupAndRestore` after a crash, in
-            either order: the resumed run ends with the same ensemble as an
-            uninterrupted one, as long as the running model resumes on the
-            same trajectory (Keras does not restore the order in which
-            `shuffle=True` draws batches). Removed when training finishes. A
-            file that is truncated, belongs to another model or was written
-            with other arguments stops `fit` with an error naming it.
+            either order, wherever the kill fell (the first epoch, between
+            the two callbacks' writes, after the last epoch): the state that
+            belongs to what Keras restored comes back, and the resumed run
+            ends with the same ensemble as an uninterrupted one, as long as
+            the running model resumes on the same trajectory (Keras does not
+            restore the order in which `shuffle=True` draws batches, and
+            `BackupAndRestore(save_freq=N)` trains the restored epoch again
+            from its first batch). LoRA bases, which Keras saves merged with
+            their adapters, are kept there and put back. Locked for the
+            whole `fit`; removed when training finishes. A file that is
+            truncated, belongs to another model or was written with other
+            arguments stops `fit` with an error naming it.
         offload: None (the default) keeps the ensemble beside the weights,
             on their device and with their sharding: one float32 copy of the
             float weights in device memory. `"host"` keeps it in host memory
