@@ -4,7 +4,10 @@
 # backend (and no KERAS_BACKEND), runs the quickstart notebook end to end
 # (KERAS_ASWA_SMOKE=1). The TensorFlow venv gets the built wheel installed first;
 # in the JAX and torch venvs the notebook's own install cell installs
-# keras-aswa from this checkout. Needs .venv (bash dev/setup.sh).
+# keras-aswa from this checkout. Then, in the same venv, keras-hub with the
+# lines docs/finetuning.md gives for that backend (the built wheel in place of
+# `keras-aswa`), and examples/finetune_lora.py --smoke (a tiny BERT, 6 steps).
+# Needs .venv (bash dev/setup.sh).
 # Usage: bash dev/backend-envs.sh [tensorflow|jax|torch ...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +37,21 @@ for b in "${backends[@]}"; do
   env -u KERAS_BACKEND KERAS_ASWA_SMOKE=1 KERAS_HOME="$(mktemp -d)" \
     "$py" dev/run_notebook.py examples/quickstart.ipynb --expect-backend "$b" \
     || status=1
+  # keras-hub, with the lines docs/finetuning.md gives for this backend.
+  case $b in
+    tensorflow) hub=("$wheel[hub,tensorflow]") ;;
+    jax) hub=("$wheel[hub]" jax) ;;
+    torch) hub=("$wheel[hub]" "torch==2.13.0") ;;  # docs: torch (pinned, as above: kept)
+  esac
+  hub_start=$SECONDS
+  "$py" -m pip install -q --no-compile "${hub[@]}" \
+    && "$py" -m pip install -q --no-compile --no-deps "keras-hub==0.32.*" \
+    || status=1
+  smoke_start=$SECONDS
+  echo "=== finetune_lora.py --smoke, $b: keras-hub installed in $((smoke_start - hub_start)) s"
+  env -u KERAS_BACKEND KERAS_BACKEND="$b" KERAS_HOME="$(mktemp -d)" \
+    "$py" examples/finetune_lora.py --smoke || status=1
+  echo "=== finetune_lora.py --smoke, $b: $((SECONDS - smoke_start)) s"
   echo "=== $b: $((SECONDS - start)) s"
 done
 exit $status

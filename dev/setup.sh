@@ -16,7 +16,8 @@ PYTHONWARNINGS="ignore:Editable installation" \
   .venv/bin/python -m pip install -q -e ".[all,test,hub]" "torch==2.13.0"
 # keras-hub (examples/finetune_lora.py) without its dependency on the full
 # `tensorflow` wheel (through tensorflow-text): the hub extra holds its other
-# dependencies, and tensorflow-text goes in beside tensorflow-cpu, matching its
-# version (see docs/finetuning.md).
+# dependencies (grain included, which keras-hub's fit takes on every backend),
+# and tensorflow-text goes in beside tensorflow-cpu, matching its version (see
+# docs/finetuning.md; tests/test_finetune_example.py's preset test needs it).
 tf_version=$(.venv/bin/python -c "import importlib.metadata as m; print('.'.join(m.version('tensorflow-cpu').split('.')[:2]))")
 .venv/bin/python -m pip install -q --no-deps "keras-hub==0.32.*" "tensorflow-text==${tf_version}.*"
