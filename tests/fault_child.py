@@ -29,6 +29,10 @@ A job (all keys but `workdir` optional):
 - `accumulation`: the optimizer's `gradient_accumulation_steps`.
 - `mixed`: train under the `"mixed_float16"` policy (a loss-scale optimizer).
 - `lora`: enable LoRA (rank 2) on both Dense layers before training.
+- `slow_writes`: seconds each write of the averaging state takes longer
+  (after the data, before the rename), for `sigkill_after` to land in.
+- `sigkill_after`: the server sends the child SIGKILL after that many
+  seconds (exit status -9), wherever it is.
 - `workdir`: holds `keras/` (BackupAndRestore's), `state/` (the callback's
   `backup_dir`) and `result.npz` / `result.json`.
 
@@ -102,7 +106,7 @@ class _Trigger:
             os._exit(KILLED)
 
 
-def _arm_patches(trigger, state_dir):
+def _arm_patches(trigger, state_dir, slow_writes=0.0):
     """Kill points inside the scorer's evaluation and the state writer."""
     import numpy as np
 
@@ -138,6 +142,10 @@ def _arm_patches(trigger, state_dir):
                 os.truncate(path, os.path.getsize(path) // 2)
 
             trigger.reach("savez", half_written)
+            real_savez(file, *args, **kwargs)
+            # A longer write, for kills from outside to land in.
+            time.sleep(slow_writes)
+            return None
         return real_savez(file, *args, **kwargs)
 
     np.savez = savez
@@ -190,7 +198,7 @@ def run_job(job):
     keras_dir = os.path.join(workdir, "keras")
     state_dir = os.path.join(workdir, "state")
     trigger = _Trigger(job.get("kill"))
-    _arm_patches(trigger, state_dir)
+    _arm_patches(trigger, state_dir, job.get("slow_writes", 0.0))
     keras.utils.set_random_seed(0)
 
     (x, y), (xv, yv) = regression_data(0, n_train=64, n_val=32)
@@ -334,6 +342,7 @@ def _serve(timeout):
             if os.path.exists(path):
                 os.remove(path)
         start = time.monotonic()
+        sigkill_after = job.get("sigkill_after")
         pid = os.fork()
         if pid == 0:
             _child(job)
@@ -342,6 +351,9 @@ def _serve(timeout):
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = os.waitstatus_to_exitcode(raw)
+            elif sigkill_after is not None and time.monotonic() - start > sigkill_after:
+                os.kill(pid, 9)  # from outside, wherever the child is
+                sigkill_after = None
             elif time.monotonic() - start > timeout:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)

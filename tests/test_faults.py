@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -460,3 +461,24 @@ def test_lora_epoch_end_replayed_from_a_merged_backup(
     assert result["history"][:2] == expected["history"][:2]
     assert [r["epoch"] for r in result["history"]] == list(range(FIT_EPOCHS))
     assert_hands_back_what_it_scored(result)
+
+
+def test_random_sigkills_while_the_state_is_written(server, tmp_path_factory, tmp_path):
+    # SIGKILL from outside at random times of a run whose state writes are
+    # slowed down, so that most kills land in them; Keras keeps its previous
+    # backup too (a kill inside its own .h5 write can leave it unreadable).
+    job = {"workdir": str(tmp_path), "callback": "aswa", "order": "keras_first"}
+    job.update(update_freq=STEP_FREQ, double=True, slow_writes=0.05)
+    probe = str(tmp_path_factory.mktemp("probe"))
+    start = time.monotonic()
+    status, _ = server.run(dict(job, workdir=probe))
+    duration = time.monotonic() - start
+    assert status == 0, log_tail(probe)
+    rng = np.random.default_rng(0)
+    for delay in rng.uniform(0.1, 0.9, size=6) * duration:
+        status, result = server.run(dict(job, sigkill_after=float(delay)))
+        assert "error" not in result, result["error"]
+        if status == 0:
+            break  # the rerun finished before the kill
+        assert status == -9, log_tail(str(tmp_path))
+    check_resumed(server, tmp_path_factory, str(tmp_path), job, [])

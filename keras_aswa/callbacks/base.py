@@ -195,7 +195,7 @@ class AveragingCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if self.update_freq == EPOCH:
-            steps = self.params.get("steps")
+            steps = self._steps_per_epoch()
             self._step = self._epoch_start + steps if steps else self._step
             self._act(epoch, None, logs)
         else:
@@ -286,6 +286,11 @@ class AveragingCallback(keras.callbacks.Callback):
         # fit; reading `self.model` (not `self._model`) writes it into them.
         _ = self.model
 
+    def _steps_per_epoch(self) -> int | None:
+        # None when unknown: a dataset of unknown length, or a custom loop
+        # that calls the hooks without `params`.
+        return (self.params or {}).get("steps")
+
     def _recompute_batchnorm(self):
         update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
 
@@ -324,7 +329,7 @@ class AveragingCallback(keras.callbacks.Callback):
                 )
             return
         found = self._store.resume(
-            epoch, batch, self.params.get("steps"), self.update_freq
+            epoch, batch, self._steps_per_epoch(), self.update_freq
         )
         meta = found.meta
         # A state saved before the first averaged epoch holds no average.
@@ -375,7 +380,7 @@ class AveragingCallback(keras.callbacks.Callback):
             "epoch": epoch,
             "step": step,
             "batches": self._step
-            if self.update_freq != EPOCH or self.params.get("steps")
+            if self.update_freq != EPOCH or self._steps_per_epoch()
             else None,
             "epoch_start": self._epoch_start,
             "count": average.count,
