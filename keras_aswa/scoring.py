@@ -37,6 +37,17 @@ class Scorer:
     def on_train_begin(self, model) -> None:
         """Checks what can be checked before training; resets per-fit state."""
 
+    def warm_up(self, model) -> None:
+        """Scores once on the least data that compiles what a check runs."""
+        self.current(model)
+
+    def batches(self) -> int | None:
+        """The batches a check evaluates, where that is a choice (else None)."""
+        return None
+
+    def limit(self, steps: int) -> None:
+        """Makes each evaluation score on the first `steps` batches."""
+
     def running(self, model, logs: dict) -> Score:
         raise NotImplementedError
 
@@ -211,13 +222,29 @@ class DataValidation(Scorer):
                 "sample_weight)), as to fit, or a dataset of (x, y) batches."
             )
 
+    def warm_up(self, model):
+        steps, self._steps = self._steps, 1
+        try:
+            self.current(model)
+        finally:
+            self._steps = steps
+
+    def batches(self):
+        if self._steps is not None:
+            return self._steps
+        n = self._checked_batches()
+        return None if n is None or n == math.inf else n
+
+    def limit(self, steps):
+        self._steps = steps
+
     def running(self, model, logs):
         return self.current(model)
 
     def current(self, model):
         x, y, sample_weight = unpack_x_y_sample_weight(self.data)
         batch_size = self.batch_size
-        if self.steps is not None and not internals.is_data_source(x):
+        if self._steps is not None and not internals.is_data_source(x):
             # With `steps`, Keras splits arrays into that many batches: give
             # the batch size, so that `steps` batches are the first ones.
             batch_size = batch_size or 32

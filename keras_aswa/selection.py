@@ -1,7 +1,8 @@
 """Which of a model's variables an average holds.
 
-Only what training changes needs a copy: averaging a variable that never
-moves gives the variable back. By default an average holds
+The rule: an average holds what training changes. Averaging a variable that
+never moves gives the variable back, so only what `fit` changes needs a copy.
+By default an average holds
 
 - the model's trainable variables (`model.trainable_weights`, as Keras
   decides them: the variables whose `trainable` flag is set, in a model that
@@ -10,14 +11,20 @@ moves gives the variable back. By default an average holds
   update themselves in training, such as BatchNormalization's moving
   statistics,
 
-and leaves out frozen variables: the weights of a layer set to
+and leaves out what training never changes: the weights of a layer set to
 `trainable=False` (a frozen backbone, an embedding frozen by hand), a
-variable frozen with `variable.trainable = False`, and the base kernels that
+variable frozen with `variable.trainable = False`, the base kernels that
 LoRA froze (`layer.enable_lora(rank)` keeps the layer trainable, freezes its
-kernel and trains two small factors). Variables that are not floating point
-(counters, seed-generator states, int8 kernels) are never averaged. The
-choice is made when a `fit` begins, so un-freezing a layer between two `fit`
-calls is seen by the second one.
+kernel and trains two small factors), and the constants of a quantized layer.
+A layer quantized to int8 (`model.quantize("int8")`; int4, GPTQ and AWQ
+alike) replaces its kernel with a frozen int8 kernel and a frozen float32
+`kernel_scale`, constants that no training step changes: neither is held,
+the float scale included, while the layer's bias, still trainable, is.
+(float8 layers keep their kernel trainable and make their scales trainable
+variables that each step overwrites: they are held.) Variables that are not
+floating point (counters, seed-generator states, int8 kernels) are never
+averaged. The choice is made when a `fit` begins, so un-freezing a layer
+between two `fit` calls is seen by the second one.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def averaged_variables(model, variables: str | Sequence | None = None) -> list:
     if variables is None:
         trained = {id(v) for v in model.trainable_weights}
         for layer in internals.flatten_layers(model):
-            if layer.trainable:
+            if layer.trainable and not _quantized(layer):
                 trained.update(id(v) for v in internals.created_non_trainable(layer))
         chosen = [v for v in weights if id(v) in trained]
     elif isinstance(variables, str) and variables == ALL:
@@ -66,6 +73,17 @@ def averaged_variables(model, variables: str | Sequence | None = None) -> list:
     else:
         chosen = list(_check_list(variables, weights))
     return [v for v in chosen if backend.is_float_dtype(v.dtype)]
+
+
+def _quantized(layer) -> bool:
+    """Whether `layer` is quantized (its non-trainable variables are constants).
+
+    A quantized layer's non-trainable variables are the quantization's frozen
+    kernel and its scales (and, for int4/GPTQ/AWQ, zero points and group
+    indices), which training never changes; float8's own scales are
+    trainable, so leaving out its non-trainable variables drops none of them.
+    """
+    return getattr(layer, "quantization_mode", None) is not None
 
 
 def check_argument(variables) -> None:

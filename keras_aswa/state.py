@@ -42,6 +42,7 @@ FORMAT = 3
 
 # The state before any write: no average, no history, no batch trained.
 EMPTY = {
+    "every": None,
     "epoch": -1,
     "step": None,
     "batches": 0,
@@ -193,7 +194,8 @@ class StateStore:
                 restores that batch's weights and trains `epoch` again from
                 its start), or None for a backup at an epoch end.
             steps: `fit`'s batches per epoch (None when unknown).
-            update_freq: `"epoch"`, or the batches between two checks.
+            update_freq: `"epoch"`, or the batches between two checks (None:
+                not chosen yet, with `update_freq="auto"`).
 
         Raises:
             StateFileError: If no generation kept belongs to that point (the
@@ -219,6 +221,7 @@ class StateStore:
             )
             if (
                 found is not None
+                and update_freq is not None
                 and found[1]["batches"] < batches
                 and batches % update_freq == 0
             ):
@@ -412,6 +415,7 @@ _FIELDS = {
     "batches": lambda v: v is None or _is_int(v, 0),
     "epoch_start": lambda v: v is None or _is_int(v, 0),
     "step": lambda v: v is None or _is_int(v, 0),
+    "every": lambda v: v is None or _is_int(v, 1),
     "count": lambda v: _is_int(v, 0),
     "config": lambda v: isinstance(v, dict),
     "signature": lambda v: (

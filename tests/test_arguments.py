@@ -1,13 +1,18 @@
 """Constructor arguments: what Keras would accept is accepted, the rest is
 refused at construction with a message that says what to pass."""
 
+import ast
 import math
+import re
+import warnings
 
+import keras
 import numpy as np
 import pytest
 from scenarios import aswa_run
 
 from keras_aswa import ASWA, SWA
+from keras_aswa.callbacks.peers import check_peers
 
 
 @pytest.mark.parametrize("start", [True, False, -1, 1.5, "3", None, np.float64(2.0)])
@@ -92,3 +97,77 @@ def test_swa_numpy_frequency_accepted():
     assert swa.frequency == 2 and type(swa.frequency) is int
     aswa_run([swa], epochs=5)
     assert [h["epoch"] for h in swa.history] == [0, 2, 4]
+
+
+# --- the calls that peers' messages suggest ----------------------------------
+
+CALL = re.compile(r"\b([A-Z]\w*)\(\s*(\w+\s*=[^()]*)\)")
+CALLABLE = {
+    "ASWA": ASWA,
+    "SWA": SWA,
+    "EarlyStopping": keras.callbacks.EarlyStopping,
+}
+
+
+def peer_messages(callback, callbacks, optimizer=None):
+    """The warnings (or the error) check_peers gives for a set-up."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        try:
+            check_peers(callback, callbacks, optimizer)
+        except ValueError as e:
+            return [str(e)]
+    return [str(w.message) for w in record]
+
+
+def ema_optimizer():
+    return keras.optimizers.Adam(1e-3, use_ema=True)
+
+
+def both_write(first, second):
+    return peer_messages(first, [first, second])
+
+
+def after_swap(later):
+    """The errors for `later` placed after `ASWA(swap_on_epoch=True)`."""
+    swapping = ASWA(swap_on_epoch=True)
+    callbacks = [swapping, later]
+    messages = peer_messages(swapping, callbacks)
+    if isinstance(later, ASWA | SWA):
+        messages += peer_messages(later, callbacks)  # each refuses it
+    return messages
+
+
+SITUATIONS = {
+    "early stopping restores too": lambda: both_write(
+        ASWA(), keras.callbacks.EarlyStopping(restore_best_weights=True)
+    ),
+    "ASWA and SWA restore": lambda: both_write(SWA(), ASWA()),
+    "two SWAs restore": lambda: both_write(SWA(), SWA()),
+    "ASWA with optimizer EMA": lambda: peer_messages(ASWA(), [], ema_optimizer()),
+    "SWA with optimizer EMA": lambda: peer_messages(SWA(), [], ema_optimizer()),
+    "averaging after swap_on_epoch": lambda: after_swap(SWA()),
+    "BackupAndRestore after swap_on_epoch": lambda: after_swap(
+        keras.callbacks.BackupAndRestore("unused")
+    ),
+}
+
+
+@pytest.mark.parametrize("situation", list(SITUATIONS))
+def test_calls_suggested_by_peer_messages_are_accepted(situation):
+    messages = SITUATIONS[situation]()
+    assert messages, "the situation gave no message"
+    calls = [m for message in messages for m in CALL.finditer(message)]
+    assert calls, f"no Name(arg=value) call in {messages}"
+    for message in messages:
+        assert not re.search(r"\brestore=", message), message
+    for match in calls:
+        name, source = match.group(1), match.group(0)
+        assert name in CALLABLE, f"{source}: not a callback the user builds"
+        keywords = ast.parse(source, mode="eval").body.keywords
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a deprecated name fails too
+            built = eval(source, {"__builtins__": {}}, dict(CALLABLE))
+        assert isinstance(built, CALLABLE[name])
+        for keyword in keywords:
+            assert getattr(built, keyword.arg) == ast.literal_eval(keyword.value)

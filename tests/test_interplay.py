@@ -204,7 +204,7 @@ def test_averaging_after_swap_on_epoch_is_refused(later):
     fit_regression(
         model,
         [
-            later(restore=False) if later is SWA else later(restore_best=False),
+            later(restore_best=False),
             ASWA(swap_on_epoch=True),
         ],
         epochs=1,

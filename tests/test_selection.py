@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, fit_regression, regression_model
+from scenarios import ADAM_LR, fit_regression, regression_data, regression_model
 
 from keras_aswa import ASWA, SWA
 from keras_aswa.selection import averaged_variables
@@ -138,3 +138,80 @@ def test_lora_inside_a_frozen_parent_is_held_and_hand_frozen_is_not():
     assert inner.lora_kernel_a.path in paths and inner.lora_kernel_b.path in paths
     assert inner._kernel.path not in paths and head.bias.path not in paths
     assert not any("moving" in p for p in paths)  # the frozen BatchNorm's
+
+
+def int8_model():
+    """`regression_model` with both Dense layers quantized to int8."""
+    model = regression_model()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            layer.quantize("int8")
+    return model
+
+
+def test_int8_kernels_and_their_scales_are_not_held():
+    model = int8_model()
+    dense = model.layers[0]
+    # Keras makes the int8 kernel and its float32 scale frozen constants.
+    assert keras.backend.standardize_dtype(dense.kernel.dtype) == "int8"
+    assert keras.backend.standardize_dtype(dense.kernel_scale.dtype) == "float32"
+    assert not dense.kernel.trainable and not dense.kernel_scale.trainable
+    expected = [
+        v.path for v in model.weights if v.trainable or "moving_" in v.path
+    ]  # the biases, gamma, beta and the BatchNorm statistics
+    assert len(expected) == 6
+    assert [v.path for v in averaged_variables(model)] == expected
+    constants = {
+        v.path: keras.ops.convert_to_numpy(v).copy()
+        for v in model.weights
+        if v.path not in expected
+    }
+    assert sorted(p.split("/")[-1] for p in constants) == [
+        "kernel",
+        "kernel",
+        "kernel_scale",
+        "kernel_scale",
+    ]
+
+    aswa = ASWA()
+    fit_regression(compiled(model), [aswa], epochs=4)
+    assert held_paths(aswa) == expected
+    assert aswa.ensemble_size >= 1
+    # Training changed none of them: holding the scales would average constants.
+    ensemble = aswa.ensemble_weights()
+    for v, e in zip(model.weights, ensemble, strict=True):
+        if v.path in constants:
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(v), constants[v.path]
+            )
+            np.testing.assert_array_equal(e, constants[v.path])
+    model.set_weights(ensemble)
+    assert np.isfinite(model.evaluate(*regression_data()[1], verbose=0))
+
+
+def float32_bytes(variables):
+    return sum(keras.ops.convert_to_numpy(v).size * 4 for v in variables)
+
+
+def test_ensemble_nbytes_counts_the_held_copies_only():
+    model = regression_model()
+    frozen, norm, head = model.layers
+    frozen.trainable = False
+    swa = SWA()
+    assert swa.ensemble_nbytes == 0
+    fit_regression(compiled(model), [swa], epochs=2)
+    assert swa.ensemble_nbytes == float32_bytes(norm.weights + head.weights)
+    assert swa.ensemble_nbytes == sum(a.nbytes for a in swa._average.numpy())
+
+    inputs = keras.Input((8,))
+    dense = keras.layers.Dense(16, activation="tanh")
+    norm = keras.layers.BatchNormalization()
+    head = keras.layers.Dense(1)
+    model = keras.Model(inputs, head(norm(dense(inputs))))
+    dense.enable_lora(2)
+    aswa = ASWA(offload="host")
+    assert aswa.ensemble_nbytes == 0
+    fit_regression(compiled(model), [aswa], epochs=2)
+    adapters = [dense.lora_kernel_a, dense.lora_kernel_b, dense.bias]
+    assert aswa.ensemble_nbytes == float32_bytes(adapters + norm.weights + head.weights)
+    assert aswa.ensemble_nbytes < float32_bytes(model.weights)

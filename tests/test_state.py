@@ -32,6 +32,7 @@ def meta(epoch, step=None):
         "step": step,
         "batches": step,
         "epoch_start": None,
+        "every": None,
         "count": 1,
         "signature": [[[3], "float32"], [[], None]],
         "history": [],

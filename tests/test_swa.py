@@ -1,11 +1,14 @@
 """The SWA callback: the plain mean of the chosen epochs' weights."""
 
+import inspect
+import warnings
+
 import keras
 import numpy as np
 import pytest
 from scenarios import SnapshotRecorder, aswa_run
 
-from keras_aswa import SWA
+from keras_aswa import ASWA, SWA
 
 
 @pytest.mark.parametrize(
@@ -27,8 +30,8 @@ def test_final_weights_are_numpy_mean_of_snapshots(start, frequency, epochs, ave
     ]
 
 
-def test_restore_false_keeps_running_weights():
-    recorder, swa = SnapshotRecorder(), SWA(restore=False)
+def test_restore_best_false_keeps_running_weights():
+    recorder, swa = SnapshotRecorder(), SWA(restore_best=False)
     model = aswa_run([recorder, swa], epochs=3)
     for got, want in zip(model.get_weights(), recorder.snapshots[2], strict=True):
         np.testing.assert_array_equal(got, want)
@@ -53,3 +56,45 @@ def test_start_after_last_epoch_warns_and_keeps_model():
         model = aswa_run([recorder, SWA(start_from_epoch=5)], epochs=2)
     for got, want in zip(model.get_weights(), recorder.snapshots[1], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_restore_best_is_the_flag_of_both_callbacks():
+    for cls in (SWA, ASWA):
+        parameter = inspect.signature(cls).parameters["restore_best"]
+        assert parameter.default is True
+        assert "restore" not in inspect.signature(cls).parameters
+    assert vars(SWA(restore_best=False))["restore_best"] is False
+    assert vars(ASWA(restore_best=False))["restore_best"] is False
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_restore_is_a_deprecated_alias_of_restore_best(value):
+    deprecated = "`restore` is deprecated, use `restore_best`"
+    with pytest.warns(DeprecationWarning, match=deprecated):
+        swa = SWA(restore=value)
+    assert swa.restore_best is value
+    with pytest.warns(DeprecationWarning, match="use `restore_best`"):
+        assert swa.restore is value
+    with pytest.warns(DeprecationWarning, match="use `restore_best`"):
+        swa.restore = not value
+    assert swa.restore_best is (not value)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((), {"restore_best": False, "restore": False}),
+        ((0, 1, True), {"restore": False}),
+    ],
+)
+def test_restore_and_restore_best_together_are_refused(args, kwargs):
+    with pytest.raises(ValueError, match="pass restore_best= only"):
+        SWA(*args, **kwargs)
+
+
+def test_restore_best_needs_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        swa = SWA(0, 1, False)
+        assert swa.restore_best is False
+        SWA(restore_best=True)

@@ -47,7 +47,7 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
     """
     model = build_model(cfg, data, seed, ema=True)
     aswa = make_aswa(cfg, data, restore=False)
-    swa = SWA(start_from_epoch=0.5, restore=False)
+    swa = SWA(start_from_epoch=0.5, restore_best=False)
     best = BestSnapshot(cfg.monitor, cfg.mode)
     last = LastWeights()
     steps = {

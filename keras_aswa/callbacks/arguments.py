@@ -73,19 +73,38 @@ def positive_int(name: str, value, meaning: str) -> int:
 
 
 def update_frequency(name: str, value) -> str | int:
-    """`"epoch"`, or an int >= 1: the training batches between two checks.
+    """`"epoch"`, `"auto"`, or an int >= 1: the training batches between two
+    checks.
 
     Raises:
         ValueError: Saying what to pass.
     """
-    if value == "epoch" and isinstance(value, str):
+    if value in ("epoch", "auto") and isinstance(value, str):
         return value
     if not _is_int(value) or value < 1:
         raise ValueError(
-            f"{name} must be 'epoch' or an int >= 1 (the number of training "
-            f"batches between two updates); got {value!r}."
+            f"{name} must be 'epoch', 'auto' or an int >= 1 (the number of "
+            f"training batches between two updates); got {value!r}."
         )
     return int(value)
+
+
+def share(name: str, value) -> float:
+    """A float in (0, 1).
+
+    Raises:
+        ValueError: Saying what to pass.
+    """
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool | np.bool_)
+        or not 0 < value < 1
+    ):
+        raise ValueError(
+            f"{name} must be a float in (0, 1), a share of the fit's time; got "
+            f"{value!r}."
+        )
+    return float(value)
 
 
 def min_delta(value) -> float:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from collections.abc import Callable
+
+import numpy as np
 
 from keras_aswa import internals
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 from keras_aswa.decision import decide, resolve_mode
+from keras_aswa.isolation import rng_preserved
 from keras_aswa.scoring import (
     DataValidation,
     FitValidation,
@@ -79,8 +84,19 @@ class ASWA(AveragingCallback):
             counted across epochs and resumes as `ModelCheckpoint(save_freq=N)`
             counts them (gradient accumulation and skipped loss-scale steps
             do not shift the checks), on the callback's `validation_data` or
-            `score_fn`.
+            `score_fn`. `"auto"` (recommended for runs of a few epochs)
+            chooses `N`, and `validation_steps` `K` where it is None, so that
+            the checks take at most `check_budget` of the fit: the evaluation
+            is compiled before training (one validation batch, twice: the
+            second call times it), the first five training batches are
+            timed, then `K` is all the validation batches, at most 32, fewer
+            where that keeps two checks per epoch within the budget, and `N`
+            is the fewest batches whose training time, times `check_budget`,
+            covers a check (two evaluations of `K` batches), and at most half
+            an epoch (two checks per epoch at least, even over the budget).
             `start_from_epoch` still counts epochs.
+        check_budget: With `update_freq="auto"`, the share of the fit's time
+            the checks may take (0.1: a tenth).
         variables: Which variables the ensemble holds. None (the default):
             what training changes, i.e. the trainable variables and the
             non-trainable float variables of trainable layers (BatchNorm
@@ -137,6 +153,12 @@ class ASWA(AveragingCallback):
         ensemble_size: How many snapshots the ensemble averages.
         best_score: The ensemble's validation score (None before the first
             scored epoch).
+        update_every: The training batches between two checks (the `N` that
+            `update_freq="auto"` chose; None at epoch level, or before it
+            chose).
+        timing: After `fit`, seconds: `"fit"` (the whole fit), `"checks"`
+            (the decisions, evaluations included) and `"warm_up"` (compiling
+            the evaluation before training, at step level).
 
     Raises:
         ValueError: On an unknown `mode`, a negative `start_from_epoch`, an
@@ -163,6 +185,7 @@ class ASWA(AveragingCallback):
         score_fn: Callable | None = None,
         restore_best: bool = True,
         update_freq: str | int = "epoch",
+        check_budget: float = 0.1,
         variables=None,
         swap_on_epoch: bool = False,
         batchnorm: str = "average",
@@ -173,7 +196,7 @@ class ASWA(AveragingCallback):
     ):
         verbose = arguments.verbosity(verbose)
         super().__init__(
-            restore=restore_best,
+            restore_best=restore_best,
             update_freq=update_freq,
             variables=variables,
             swap_on_epoch=swap_on_epoch,
@@ -213,10 +236,16 @@ class ASWA(AveragingCallback):
         self.validation_data = validation_data
         self.validation_steps = validation_steps
         self.score_fn = score_fn
+        self.check_budget = arguments.share("check_budget", check_budget)
         self._scorer = self._make_scorer()
         self._reset()
 
     __deepcopy__ = arguments.deepcopy_sharing_data
+
+    @property
+    def update_every(self) -> int | None:
+        """The training batches between two checks (None at epoch level)."""
+        return None if self.update_freq == "epoch" else self._every
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -226,15 +255,6 @@ class ASWA(AveragingCallback):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._scorer = self._make_scorer()
-
-    @property
-    def restore_best(self) -> bool:
-        """Whether the model receives the ensemble when training ends."""
-        return self.restore
-
-    @restore_best.setter
-    def restore_best(self, value: bool) -> None:
-        self.restore = value
 
     def _make_scorer(self) -> Scorer:
         if self.score_fn is not None:
@@ -248,6 +268,9 @@ class ASWA(AveragingCallback):
     def _reset(self):
         self.best_score: float | None = None
         self._direction = None
+        self._warm_up_seconds = 0.0
+        self._stamps: list[float] = []  # batch ends, until "auto" chooses N
+        self._chosen: dict = {}
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -270,6 +293,81 @@ class ASWA(AveragingCallback):
             self._direction = resolve_mode(self.monitor, self.mode, model)
         except ValueError:
             self._direction = None
+        if self.update_freq != "epoch" and model.built:
+            self._warm_up(model)
+        self._warn_if_no_check()
+
+    def _warm_up(self, model) -> None:
+        """Compiles the evaluation now, outside the training whose share the
+        checks count; with "auto", a second call, compiled, times it."""
+        with rng_preserved():  # the batch order must not change
+            start = time.perf_counter()
+            self._scorer.warm_up(model)
+            self._warm_up_seconds = time.perf_counter() - start
+            if self.update_freq == "auto":
+                start = time.perf_counter()
+                self._scorer.warm_up(model)
+                self._one_evaluation = time.perf_counter() - start
+                self._warm_up_seconds += self._one_evaluation
+
+    def _warn_if_no_check(self) -> None:
+        steps, epochs = (
+            (self.params or {}).get("steps"),
+            (self.params or {}).get("epochs"),
+        )
+        if not isinstance(self.update_freq, int) or not steps or not epochs:
+            return
+        if self.update_freq > steps * epochs:
+            warnings.warn(
+                f"update_freq={self.update_freq} is more than the {steps * epochs} "
+                "training batches of this fit, so ASWA would never check: pass "
+                f"update_freq='auto', or an int of at most {steps * epochs}.",
+                stacklevel=3,
+            )
+
+    def _choose_every(self) -> int | None:
+        """The rule of `update_freq="auto"`; see the class docstring."""
+        now = time.perf_counter()
+        self._stamps.append(now)
+        steps = self._steps_per_epoch()
+        enough = len(self._stamps) >= _TIMED_BATCHES + 1
+        if not enough and (steps is None or len(self._stamps) < steps):
+            return None
+        # The first batch compiled the training step: timed from the second.
+        gaps = np.diff(self._stamps[1:])
+        step_seconds = float(np.median(gaps)) if gaps.size else now - self._fit_start
+        batches = self._scorer.batches()  # K: None where unknown, or a score_fn
+        per_batch = self._one_evaluation
+        if self.validation_steps is None and batches is not None:
+            # The most batches for which checks stay within the budget at the
+            # floor of checks per epoch, at most _MAX_BATCHES, at least one.
+            floor_every = max(1, (steps or 0) // _CHECKS_PER_EPOCH) or None
+            affordable = _MAX_BATCHES
+            if floor_every is not None:
+                affordable = math.floor(
+                    self.check_budget * step_seconds * floor_every / (2 * per_batch)
+                )
+            batches = max(1, min(batches, _MAX_BATCHES, affordable))
+            self._scorer.limit(batches)
+        check_seconds = 2 * per_batch * (batches or 1)
+        every = max(1, math.ceil(check_seconds / (self.check_budget * step_seconds)))
+        if steps:
+            every = min(every, max(1, steps // _CHECKS_PER_EPOCH))
+        self._chosen = {
+            "update_every": every,
+            "validation_steps": batches,
+            "step_seconds": step_seconds,
+            "evaluation_seconds": per_batch,
+        }
+        if self.verbose:
+            self._print(
+                f"ASWA update_freq='auto': a check every {every} batches"
+                + ("" if batches is None else f", on {batches} validation batches")
+                + f" (a training batch took {1000 * step_seconds:.1f} ms, "
+                f"evaluating one validation batch {1000 * per_batch:.1f} ms; "
+                f"check_budget={self.check_budget:g} of the fit)."
+            )
+        return every
 
     def _decide(self, epoch, step, logs):
         if epoch < self.start_from_epoch:
@@ -281,8 +379,11 @@ class ASWA(AveragingCallback):
         if self._direction is None:
             self._direction = resolve_mode(self.monitor, self.mode, model)
         running = self._scorer.running(model, logs)
-        if running is not None and self.monitor not in logs:
-            logs[self.monitor] = running  # for callbacks after this one
+        if running is not None and step is None and self.monitor not in logs:
+            # For callbacks after this one. Not at a check within an epoch:
+            # its batch logs are no validation (the progress bar would show
+            # a K-batch score as fit's val_loss).
+            logs[self.monitor] = running
         provisional = None
         if running is None or self._average.empty:
             decision = decide(running, None, None, self._direction, initialised=False)
@@ -307,9 +408,8 @@ class ASWA(AveragingCallback):
         self.history.append(record)
         self._log(logs)
         if self.verbose:
-            if len(self.history) == 1:
-                self._print(_LEGEND)
-            self._print(self._describe(record, before))
+            legend = _LEGEND + "\n" if len(self.history) == 1 else ""
+            self._print(legend + self._describe(record, before))
 
     def _replayed_logs(self, epoch):
         # The running model's score of a replayed epoch end, as fit had it.
@@ -346,10 +446,53 @@ class ASWA(AveragingCallback):
         }
 
     def _state_meta(self):
-        return {"best_score": self.best_score}
+        steps = self._chosen.get("validation_steps")
+        return {"best_score": self.best_score, "validation_steps": steps}
 
     def _restore_state(self, meta):
         self.best_score = meta["best_score"]
+        if meta.get("validation_steps") is not None:
+            # The K that "auto" chose in the run that wrote the state.
+            self._scorer.limit(meta["validation_steps"])
+
+    def _extra_timing(self):
+        return {"warm_up": self._warm_up_seconds}
+
+    def _summary(self):
+        if not self.history:
+            return None
+        counts = {d: 0 for d in _REASONS}
+        for record in self.history:
+            counts[record["decision"]] += 1
+        decisions = ", ".join(f"{d} {n}" for d, n in counts.items() if n)
+        where = "step" if "step" in self.history[-1] else "epoch"
+        first = next(
+            (
+                r[where]
+                for r in reversed(self.history)
+                if r["decision"] in ("init", "hard")
+            ),
+            None,
+        )
+        last = next(
+            (
+                r[where]
+                for r in reversed(self.history)
+                if r["decision"] != "reject" and r["decision"] != "skip"
+            ),
+            None,
+        )
+        span = "" if first is None else f" from {where} {first} to {last}"
+        fit = self.timing["fit"]
+        share = self.timing["checks"] / fit if fit else 0.0
+        best = "-" if self.best_score is None else f"{self.best_score:.6g}"
+        return (
+            f"ASWA summary: {len(self.history)} decisions ({decisions}); "
+            f"ensemble of {self.ensemble_size} snapshot(s){span}; best "
+            f"{self.monitor} {best}; checks took {self.timing['checks']:.1f} s, "
+            f"{100 * share:.1f}% of the fit's {fit:.1f} s (warm-up before "
+            f"training: {self._warm_up_seconds:.1f} s)."
+        )
 
     def _describe(self, record, before):
         def fmt(x):
@@ -366,6 +509,12 @@ class ASWA(AveragingCallback):
             f"(size {record['ensemble_size']})"
         )
 
+
+# update_freq="auto": timed training batches before N is chosen, the
+# fewest checks an epoch gets, and the most validation batches a check scores.
+_TIMED_BATCHES = 5
+_CHECKS_PER_EPOCH = 2
+_MAX_BATCHES = 32
 
 _LEGEND = (
     "ASWA: r = running model, p = provisional ensemble (the ensemble with this "

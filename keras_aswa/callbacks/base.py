@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import keras
@@ -19,6 +20,7 @@ from keras_aswa.state import EMPTY, StateFileError, StateStore, retain
 
 BATCHNORM_MODES = ("average", "recompute")
 EPOCH = "epoch"
+AUTO = "auto"
 
 
 class AveragingCallback(keras.callbacks.Callback):
@@ -28,10 +30,11 @@ class AveragingCallback(keras.callbacks.Callback):
     not); this class decides when it runs (every epoch end, or every
     `update_freq` training batches), which variables are averaged, resumes
     and saves the state, writes the average into the model when training
-    ends (with `restore`), and exposes it.
+    ends (with `restore_best`), and exposes it.
 
     Args:
-        restore: Whether `on_train_end` writes the average into the model.
+        restore_best: Whether `on_train_end` writes the average into the
+            model.
         update_freq: `"epoch"` to act at every epoch end, or an int `N` to
             act every `N` of `fit`'s training batches, counted across epochs
             and resumes (as `ModelCheckpoint(save_freq=N)` counts; not the
@@ -61,7 +64,7 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        restore: bool = True,
+        restore_best: bool = True,
         update_freq: str | int = EPOCH,
         variables=None,
         swap_on_epoch: bool = False,
@@ -88,7 +91,7 @@ class AveragingCallback(keras.callbacks.Callback):
                 "training inputs x_train, a tf.data.Dataset or a PyDataset "
                 "(a few hundred batches are plenty)."
             )
-        self.restore = restore
+        self.restore_best = restore_best
         self.update_freq = update_freq
         self.variables = variables
         self.swap_on_epoch = swap_on_epoch
@@ -168,15 +171,22 @@ class AveragingCallback(keras.callbacks.Callback):
         self._lora: list = []  # LoRA layers, with a backup_dir
         self._pending_resume = True  # until the first epoch (or the end)
         self._step = 0  # fit's training batches so far, across resumes
+        # The batches between two checks: update_freq, or, with "auto", None
+        # until chosen from the first batches' timings.
+        self._every = self.update_freq if isinstance(self.update_freq, int) else None
+        self._fit_start = time.perf_counter()
+        self._check_seconds = 0.0
         self._epoch_start = 0  # ... before the current epoch
         self._epoch = 0
         self._last_batch = -1
+        self._in_epoch = False  # between fit's first epoch and its end
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._pending_resume:
             self._resume(epoch)
         self._epoch = epoch
         self._last_batch = -1
+        self._in_epoch = True
         self._epoch_start = self._step
         if self._average is not None and self._average.swapped_in:
             self._sync_variables()
@@ -189,8 +199,17 @@ class AveragingCallback(keras.callbacks.Callback):
         before = self._step
         self._step += batch - self._last_batch
         self._last_batch = batch
-        if self._step // self.update_freq > before // self.update_freq:
+        if self._every is None:
+            self._every = self._choose_every()
+            if self._every is None:
+                return
+        if self._step // self._every > before // self._every:
             self._act(self._epoch, self._step, logs if logs is not None else {})
+
+    def _choose_every(self) -> int | None:
+        """`update_freq="auto"`: the batches between two checks, or None
+        while that cannot be chosen yet (called at every batch until then)."""
+        raise NotImplementedError
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -209,6 +228,7 @@ class AveragingCallback(keras.callbacks.Callback):
             # fit trained no epoch: Keras resumed after the last one. The
             # average it ended with comes back all the same.
             self._resume(internals.fit_initial_epoch(self.model))
+        self._in_epoch = False
         with rng_preserved():
             if self._average is not None and self._average.swapped_in:
                 self._sync_variables()
@@ -218,8 +238,25 @@ class AveragingCallback(keras.callbacks.Callback):
                 # BackupAndRestore.
                 self._store.clear()
             self._store = None
-            if self.restore:
+            if self.restore_best:
                 self._restore_average()
+        self.timing = {
+            "fit": time.perf_counter() - self._fit_start,
+            "checks": self._check_seconds,
+            **self._extra_timing(),
+        }
+        if self.verbose:
+            summary = self._summary()
+            if summary:
+                self._print(summary)
+
+    def _extra_timing(self) -> dict:
+        """Further entries of `timing` (seconds) a subclass measures."""
+        return {}
+
+    def _summary(self) -> str | None:
+        """The line printed at the end of `fit` with `verbose=1`."""
+        return None
 
     # --- acting --------------------------------------------------------------
 
@@ -227,6 +264,7 @@ class AveragingCallback(keras.callbacks.Callback):
         """Runs the policy at an epoch end (step None) or a step-level check."""
         # The evaluations and BatchNormalization passes below must leave the
         # random state that orders training batches as it was.
+        start = time.perf_counter()
         with rng_preserved():
             self._engine()
             self._decide(epoch, step, logs)
@@ -234,6 +272,7 @@ class AveragingCallback(keras.callbacks.Callback):
             # decisions); one writes it, and all read it on resume.
             if self._store is not None and is_chief(self._model):
                 self._save(epoch, step)
+        self._check_seconds += time.perf_counter() - start
 
     def _decide(self, epoch: int, step: int | None, logs: dict) -> None:
         """The subclass' policy: fold the current weights in, or not."""
@@ -328,9 +367,12 @@ class AveragingCallback(keras.callbacks.Callback):
                     stacklevel=3,
                 )
             return
-        found = self._store.resume(
-            epoch, batch, self._steps_per_epoch(), self.update_freq
-        )
+        every = self.update_freq
+        if every == AUTO:  # the N chosen in the run that wrote the state
+            every = next(
+                (m["every"] for _, m in self._store.generations if m["every"]), None
+            )
+        found = self._store.resume(epoch, batch, self._steps_per_epoch(), every)
         meta = found.meta
         # A state saved before the first averaged epoch holds no average.
         self._resumed = (found.arrays, meta["count"]) if meta["count"] else None
@@ -339,6 +381,8 @@ class AveragingCallback(keras.callbacks.Callback):
             self._restore_state(meta)
         self._store.drop_after(meta)
         self._step = self._epoch_start = found.batches or 0
+        if meta.get("every"):
+            self._every = meta["every"]
         if self._lora:
             # The running adapters are known where a state was written at
             # the very point Keras restored; elsewhere they are factored
@@ -383,6 +427,7 @@ class AveragingCallback(keras.callbacks.Callback):
             if self.update_freq != EPOCH or self._steps_per_epoch()
             else None,
             "epoch_start": self._epoch_start,
+            "every": None if self.update_freq == EPOCH else self._every,
             "count": average.count,
             "signature": average.signature(),
             "history": self.history,
@@ -445,20 +490,54 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def _print(self, message: str) -> None:
         # Keras' progress lines go to stdout too; flush to keep their order.
-        print(message, flush=True)
+        # Within an epoch (its end included: Keras' progress bar ends its line
+        # after every other callback's on_epoch_end), fit's progress bar
+        # (verbose=1) holds the line without ending it: start one of our own.
+        open_bar = self._in_epoch and (self.params or {}).get("verbose") == 1
+        print(("\n" if open_bar else "") + message, flush=True)
 
     @property
     def ensemble_size(self) -> int:
         """How many snapshots the average holds (0 before the first)."""
         return 0 if self._average is None else self._average.count
 
+    @property
+    def ensemble_nbytes(self) -> int:
+        """The bytes the ensemble holds: its averaged copies, nothing else.
+
+        One copy of each held variable (by default what training changes;
+        see `keras_aswa.selection` and `variables=`), in its accumulation
+        dtype: 4 bytes an element for float32, bfloat16 and float16
+        variables, 8 for float64. By default frozen variables (a frozen
+        backbone, LoRA's base kernels, int8 kernels and their scales) are
+        not held, so not counted; neither are the model's own weights, nor
+        the temporary copies ASWA keeps while it scores a provisional
+        ensemble. The copies live on the weights' devices, or in host memory
+        with `offload="host"`. Computed from shapes and dtypes: nothing is
+        copied. 0 before the first `fit`, and from the start of each `fit`
+        until its first snapshot.
+        """
+        average = self._average
+        if average is None or average.empty:
+            return 0
+        return sum(
+            int(np.prod(v.shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            for v, dtype in zip(average.variables, average.dtypes, strict=True)
+            if dtype is not None
+        )
+
     def ensemble_weights(self) -> list[np.ndarray]:
         """The averaged weights, one numpy array per entry of `model.weights`.
 
         Averaged entries are in float32 (float64 for float64 variables),
-        before rounding to the variable's dtype; the entries of variables
-        that are not averaged (frozen, or not floating point) hold the
-        running model's values, so `model.set_weights` accepts the list.
+        before rounding to the variable's dtype. The entries of variables
+        the ensemble does not hold (frozen ones, int8 kernels and their
+        scales, non-float ones) are host copies of the running model's
+        current values, so that `model.set_weights` accepts the list. The
+        list therefore takes host memory for the whole model, a frozen
+        backbone included: `ensemble_nbytes` is what the ensemble itself
+        holds, and `apply_ensemble()` writes the ensemble into the model
+        without a host copy.
 
         Raises:
             RuntimeError: If nothing has been averaged yet.

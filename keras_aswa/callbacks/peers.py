@@ -57,15 +57,15 @@ def check_peers(callback, callbacks: list, optimizer=None) -> None:
                 )
         writes = (
             isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights
-        ) or (isinstance(cb, AveragingCallback) and cb.restore)
-        if callback.restore and writes:
+        ) or (isinstance(cb, AveragingCallback) and cb.restore_best)
+        if callback.restore_best and writes:
             winner = peer if later else name
+            fixes = " or ".join(dict.fromkeys([_no_restore(callback), _no_restore(cb)]))
             warnings.warn(
                 f"{name} and {peer} both write weights into the model when "
                 "training ends; Keras runs them in list order, so the later "
-                f"one, {winner}, decides the final weights. Pass "
-                "restore_best_weights=False / restore_best=False to the one you "
-                "don't want, or reorder the callbacks.",
+                f"one, {winner}, decides the final weights. Construct the one "
+                f"you don't want as {fixes}, or reorder the callbacks.",
                 stacklevel=4,
             )
         if (
@@ -77,11 +77,21 @@ def check_peers(callback, callbacks: list, optimizer=None) -> None:
                 f"BackupAndRestore after {name}(swap_on_epoch=True) would back up "
                 "the average instead of the running model: place it before."
             )
-    if callback.restore and getattr(optimizer, "use_ema", False):
+    if callback.restore_best and getattr(optimizer, "use_ema", False):
         warnings.warn(
             f"The optimizer has use_ema=True: fit writes its EMA weights into "
             f"the model at the end, then {name} replaces them with its average "
-            f"(of the running weights, not the EMA). Pass restore=False to "
-            f"{name} to keep the EMA weights.",
+            f"(of the running weights, not the EMA). Use "
+            f"{_no_restore(callback)} to keep the EMA weights.",
             stacklevel=4,
         )
+
+
+def _no_restore(callback) -> str:
+    """The call that builds `callback` without writing weights at the end."""
+    flag = (
+        "restore_best_weights"
+        if isinstance(callback, keras.callbacks.EarlyStopping)
+        else "restore_best"
+    )
+    return f"{type(callback).__name__}({flag}=False)"

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import warnings
 
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
+
+RESTORE_DEPRECATED = "`restore` is deprecated, use `restore_best` instead."
+
+
+def _accepts_restore(init):
+    """Lets `__init__` take `restore=`, the deprecated name of `restore_best`.
+
+    Kept for one release: `restore=` warns and sets `restore_best`; passing
+    both is an error.
+    """
+    position = list(inspect.signature(init).parameters).index("restore_best") - 1
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if "restore" in kwargs:
+            if "restore_best" in kwargs or len(args) > position:
+                raise ValueError(
+                    "restore= is the deprecated name of restore_best=: pass "
+                    "restore_best= only."
+                )
+            warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
+            kwargs["restore_best"] = kwargs.pop("restore")
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class SWA(AveragingCallback):
@@ -13,7 +41,7 @@ class SWA(AveragingCallback):
 
     From `start_from_epoch` on, the weights at the end of every `frequency`-th
     epoch join the average; when training ends the model receives it
-    (`restore=True`). Same arithmetic and dtype rules as `ASWA`: the average
+    (`restore_best=True`). Same arithmetic and dtype rules as `ASWA`: the average
     accumulates in float32 on the weights' device, BatchNormalization moving
     statistics are averaged too, integer variables are left alone.
 
@@ -34,7 +62,9 @@ class SWA(AveragingCallback):
             in (0, 1) meaning that fraction of `fit`'s epochs (0.75 with 100
             epochs starts at epoch 75).
         frequency: Average every `frequency`-th epoch from the first.
-        restore: Whether the model receives the average when training ends.
+        restore_best: Whether the model receives the average when training
+            ends. `restore=`, its former name, is still accepted for one
+            release, with a `DeprecationWarning`.
         update_freq: `"epoch"` (the default) averages at epoch ends; an int
             `N` averages every `N` of `fit`'s training batches (counted
             across epochs and resumes, as `ModelCheckpoint(save_freq=N)`
@@ -73,8 +103,8 @@ class SWA(AveragingCallback):
         ensemble_size: How many snapshots the average holds.
 
     Raises:
-        ValueError: On a negative or out-of-range `start_from_epoch`, or a
-            `frequency` below 1.
+        ValueError: On a negative or out-of-range `start_from_epoch`, a
+            `frequency` below 1, or both `restore_best` and `restore` passed.
 
     Example:
 
@@ -84,11 +114,12 @@ class SWA(AveragingCallback):
     ```
     """
 
+    @_accepts_restore
     def __init__(
         self,
         start_from_epoch: int | float = 0,
         frequency: int = 1,
-        restore: bool = True,
+        restore_best: bool = True,
         update_freq: str | int = "epoch",
         variables=None,
         swap_on_epoch: bool = False,
@@ -100,7 +131,7 @@ class SWA(AveragingCallback):
     ):
         verbose = arguments.verbosity(verbose)
         super().__init__(
-            restore=restore,
+            restore_best=restore_best,
             update_freq=update_freq,
             variables=variables,
             swap_on_epoch=swap_on_epoch,
@@ -116,6 +147,12 @@ class SWA(AveragingCallback):
         frequency = arguments.positive_int(
             "frequency", frequency, "average every frequency-th epoch"
         )
+        if self.update_freq == "auto":
+            raise ValueError(
+                "update_freq='auto' times ASWA's checks, which evaluate the "
+                "model; SWA's updates cost no evaluation: pass an int N to "
+                "average every N training batches, or 'epoch'."
+            )
         if frequency != 1 and self.update_freq != "epoch":
             raise ValueError(
                 f"frequency={frequency!r} counts epochs, and update_freq="
@@ -126,6 +163,17 @@ class SWA(AveragingCallback):
         self.frequency = frequency
 
     __deepcopy__ = arguments.deepcopy_sharing_data
+
+    @property
+    def restore(self) -> bool:
+        """Deprecated: read `restore_best` instead."""
+        warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return self.restore_best
+
+    @restore.setter
+    def restore(self, value: bool) -> None:
+        warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
+        self.restore_best = value
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)

@@ -1,0 +1,121 @@
+"""update_freq="auto", the warnings found before training, and what a
+step-level ASWA prints and logs."""
+
+import contextlib
+import io
+import re
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from scenarios import ADAM_LR, regression_data, regression_model
+
+from keras_aswa import ASWA, SWA
+
+(X, Y), (XV, YV) = regression_data(0, n_train=1024, n_val=256)
+
+
+def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
+    model = model or regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model.fit(
+        X,
+        Y,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=False,
+        verbose=verbose,
+        callbacks=callbacks,
+    )
+    return model
+
+
+def test_auto_chooses_n_and_k_by_its_rule():
+    aswa = ASWA(update_freq="auto", validation_data=(XV, YV))
+    fit([aswa])
+    chosen = aswa._chosen
+    every, k = aswa.update_every, chosen["validation_steps"]
+    steps = len(X) // 32
+    # K: at most the 8 validation batches there are (256 / 32), at least 1.
+    assert 1 <= k <= 8
+    # N: two checks per epoch at least, and otherwise the fewest batches
+    # whose training time, times the budget, covers two K-batch evaluations.
+    assert 1 <= every <= steps // 2
+    needed = 2 * k * chosen["evaluation_seconds"]
+    budget = aswa.check_budget * chosen["step_seconds"]
+    assert every == min(steps // 2, max(1, int(np.ceil(needed / budget))))
+    assert [r["step"] for r in aswa.history] == list(range(every, 2 * steps + 1, every))
+    assert set(aswa.timing) == {"fit", "checks", "warm_up"}
+    assert aswa.timing["warm_up"] > 0 and aswa.timing["checks"] > 0
+
+
+def test_auto_with_explicit_validation_steps_keeps_them():
+    aswa = ASWA(update_freq="auto", validation_data=(XV, YV), validation_steps=3)
+    fit([aswa], epochs=1)
+    assert aswa._chosen["validation_steps"] == 3
+
+
+def test_auto_needs_validation_data_and_swa_refuses_it():
+    with pytest.raises(ValueError, match="validation_data="):
+        ASWA(update_freq="auto")
+    with pytest.raises(ValueError, match="pass an int N"):
+        SWA(update_freq="auto")
+    with pytest.raises(ValueError, match="check_budget must be a float in"):
+        ASWA(update_freq="auto", validation_data=(XV, YV), check_budget=1.5)
+
+
+def test_update_freq_beyond_the_fit_warns_before_training():
+    aswa = ASWA(update_freq=500, validation_data=(XV, YV))
+    seen = []
+
+    class FirstBatch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(len(caught))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit([aswa, FirstBatch()], epochs=1)
+    messages = [str(w.message) for w in caught if "update_freq=500" in str(w.message)]
+    assert len(messages) == 1 and "32 training batches" in messages[0]
+    assert "update_freq='auto'" in messages[0]
+    assert seen[0] >= 1  # warned before the first batch
+
+
+def test_step_level_logs_its_own_keys_never_val_loss():
+    logged = []
+
+    class Logs(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            logged.append(dict(logs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logged.append(dict(logs))
+
+    fit([ASWA(update_freq=8, validation_data=(XV, YV)), Logs()], epochs=1)
+    assert not any("val_loss" in logs for logs in logged)
+    # The checks' batches (the 8th, 16th, ...) and the epoch end carry them.
+    for logs in logged[7:32:8] + logged[-1:]:
+        assert "aswa_val_loss" in logs and "aswa_size" in logs, logs
+
+
+def test_lines_never_glued_to_the_progress_bar_and_a_summary_at_the_end():
+    aswa = ASWA(update_freq=8, validation_data=(XV, YV), verbose=1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fit([aswa], epochs=1, verbose=1)
+    text = out.getvalue()
+    lines = re.split(r"[\r\n]", text)
+    ours = [line for line in lines if "ASWA" in line]
+    # Each of ASWA's lines starts a line of its own.
+    assert ours and all(line.startswith("ASWA") for line in ours), ours
+    assert sum("ASWA epoch 0, step" in line for line in ours) == 4
+    summary = [line for line in ours if line.startswith("ASWA summary")]
+    assert len(summary) == 1
+    decisions = {r["decision"] for r in aswa.history}
+    assert "4 decisions" in summary[0]
+    assert all(d in summary[0] for d in decisions)
+    assert f"ensemble of {aswa.ensemble_size} snapshot(s)" in summary[0]
+    share = float(re.search(r"([\d.]+)% of the fit", summary[0]).group(1))
+    expected = 100 * aswa.timing["checks"] / aswa.timing["fit"]
+    assert abs(share - expected) < 0.06
