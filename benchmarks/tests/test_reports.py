@@ -25,6 +25,7 @@ REPORT_MODULES = (
     "benchmarks.machine",
     "benchmarks.publish",
     "benchmarks.lora_memory",
+    "benchmarks.auto_cost",
     "benchmarks.quality.config",
     "benchmarks.quality.stats",
     "benchmarks.quality.results",
@@ -46,6 +47,7 @@ BYTE_IDENTICAL = {
     "overhead.md": ("overhead.md",),
     "overhead-variables.md": ("overhead-variables.md",),
     "overhead-variables-1core.md": ("overhead-variables-1core.md",),
+    "auto_cost.md": ("auto_cost.md",),
 }
 # Its Date and Machine lines are the renderer's: the JSON records neither.
 RENDER_TIME = {"lora_memory.md": ("Date: ", "Machine: ")}
@@ -88,6 +90,9 @@ def _rerenders() -> list:
     args = ["--report", str(RESULTS / "lora_memory.json"), "--out", str(md)]
     args += ["--before", str(RESULTS / "lora_memory.before.json")]
     out.append(("benchmarks.lora_memory", [*args, f"--command={_command(md)}"]))
+    md = RESULTS / "auto_cost.md"
+    args = ["--report", str(RESULTS / "auto_cost.json"), "--out", str(md)]
+    out.append(("benchmarks.auto_cost", [*args, f"--command={_command(md)}"]))
     return out
 
 

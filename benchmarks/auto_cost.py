@@ -1,0 +1,234 @@
+"""Cost of step-level ASWA with `update_freq="auto"`, against a plain fit.
+
+Two workloads, each fitted alternately without and with
+`ASWA(update_freq="auto", validation_data=...)` (fresh model each time, the
+same seed), `--reps` times each:
+
+- `finetune`: `examples/finetune_lora.py`'s fine-tuning run as it ships (a
+  keras-hub BERT classifier built from its constructor, LoRA rank 4,
+  mixed_bfloat16, 2 epochs), its ASWA replaced by one with `"auto"`;
+- `fashion`: an MLP (784-256-10) on Fashion-MNIST, 60,000 images, 2 epochs of
+  batches of 128, the callback scoring on the first 5,000 test images.
+
+Reported per backend: the median fit times and their ratio (the first
+compile of each fit included), the warm-up `"auto"` spends before training
+(compiling and timing the evaluation, part of the fit's time), the N and K
+it chose, the checks' share of the fit, and the mean time of a check against
+two evaluations of its K batches (timed after the fit on the same compiled
+function, median of 5).
+
+    python -m benchmarks.auto_cost --backend all \
+        --out benchmarks/results/auto_cost.md --json benchmarks/results/auto_cost.json
+
+Each backend runs in a fresh process. `--report FILE.json --command="ARGS"`
+re-renders the report from a run's JSON without Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BACKENDS = ("tensorflow", "jax", "torch")
+WORKLOADS = ("finetune", "fashion")
+
+
+def _fashion(seed: int):
+    import keras
+    import numpy as np
+
+    from benchmarks.datasets import load_fashion_mnist
+
+    (x, y), (xt, yt) = load_fashion_mnist()
+    x = x.reshape(len(x), -1).astype("float32") / 255
+    xt = xt.reshape(len(xt), -1).astype("float32") / 255
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    fit = {"x": x, "y": y, "epochs": 2, "batch_size": 128, "shuffle": False}
+    return model, fit, (xt[:5000], yt[:5000].astype(np.int64))
+
+
+def _finetune(seed: int):
+    import runpy
+
+    from benchmarks.machine import REPO
+
+    example = runpy.run_path(str(REPO / "examples" / "finetune_lora.py"))
+    job = example["prepare"](seed=seed)
+    x, y = job["train"]
+    fit = {
+        "x": x,
+        "y": y,
+        "epochs": job["epochs"],
+        "batch_size": job["batch_size"],
+        "shuffle": False,
+    }
+    return job["model"], fit, job["aswa"].validation_data
+
+
+def _one_backend(reps: int) -> dict:
+    import statistics
+
+    from keras_aswa import ASWA
+
+    out = {}
+    for name in WORKLOADS:
+        make = _finetune if name == "finetune" else _fashion
+        plain, auto, runs = [], [], []
+        for rep in range(reps):
+            for with_aswa in (False, True):
+                model, fit, validation = make(rep)
+                callbacks = []
+                if with_aswa:
+                    aswa = ASWA(
+                        update_freq="auto", validation_data=validation, verbose=0
+                    )
+                    callbacks = [aswa]
+                start = time.perf_counter()
+                model.fit(**fit, verbose=0, callbacks=callbacks)
+                seconds = time.perf_counter() - start
+                if not with_aswa:
+                    plain.append(seconds)
+                    continue
+                auto.append(seconds)
+                evaluations = []
+                for _ in range(5):
+                    start = time.perf_counter()
+                    aswa._scorer.current(model)
+                    evaluations.append(time.perf_counter() - start)
+                checks = len(aswa.history)
+                runs.append(
+                    {
+                        "warm_up": aswa.timing["warm_up"],
+                        "checks_seconds": aswa.timing["checks"],
+                        "fit": aswa.timing["fit"],
+                        "checks": checks,
+                        "every": aswa.update_every,
+                        "k": aswa._chosen.get("validation_steps"),
+                        "check": aswa.timing["checks"] / max(checks, 1),
+                        "evaluation": statistics.median(evaluations),
+                    }
+                )
+        out[name] = {"plain": plain, "auto": auto, "runs": runs}
+    return out
+
+
+def run(backends, reps: int) -> dict:
+    from benchmarks import machine
+
+    results = {"reps": reps, "backends": {}}
+    for backend in backends:
+        with tempfile.NamedTemporaryFile("r", suffix=".json") as f:
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.auto_cost", "--child", f.name]
+                + ["--reps", str(reps)],
+                env=dict(os.environ, KERAS_BACKEND=backend),
+                cwd=machine.REPO,
+                check=True,
+            )
+            figures = json.load(f)
+        results["backends"][backend] = {
+            "figures": figures,
+            "machine": machine.machine(backend),
+        }
+    return results
+
+
+def _median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    if len(values) % 2:
+        return values[middle]
+    return (values[middle - 1] + values[middle]) / 2
+
+
+def render(results: dict, command: str) -> str:
+    from benchmarks import machine
+
+    lines = [
+        '# Step-level ASWA with update_freq="auto"',
+        "",
+        f"Command: `python -m benchmarks.auto_cost {command}`",
+        "",
+    ]
+    for backend, entry in results["backends"].items():
+        lines += [f"Machine ({backend}): {machine.describe(entry['machine'])}", ""]
+    lines += [
+        "Its cost against a plain fit. "
+        f"Medians of {results['reps']} fits each, alternating plain and `auto` "
+        "(fresh model, same seed). Fit times include each fit's first compile; "
+        "the warm-up (compiling and timing the evaluation before training) is "
+        "part of the `auto` fit and shown apart. A check's time is the mean over "
+        "the fit's checks (both evaluations, the decision, the bookkeeping); "
+        "`2 x eval(K)` is twice the median of 5 evaluations of the same K "
+        "batches, timed after the fit.",
+        "",
+        "| backend | workload | plain fit (s) | auto fit (s) | ratio | warm-up (s) "
+        "| N, K | checks | checks' share | check / 2 x eval(K) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, entry in results["backends"].items():
+        for name, f in entry["figures"].items():
+            plain, auto = _median(f["plain"]), _median(f["auto"])
+            r = f["runs"][len(f["runs"]) // 2]
+            share = r["checks_seconds"] / r["fit"]
+            per_eval = r["check"] / (2 * r["evaluation"])
+            warm_up = _median([x["warm_up"] for x in f["runs"]])
+            lines.append(
+                f"| {backend} | {name} | {plain:.2f} | {auto:.2f} | "
+                f"{auto / plain:.3f}x | {warm_up:.2f}"
+                f" | {r['every']}, {r['k']} | {r['checks']} | {100 * share:.1f}% | "
+                f"{per_eval:.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="all")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out")
+    parser.add_argument("--json")
+    parser.add_argument("--report", help="re-render from this JSON")
+    parser.add_argument("--command", default="")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        with open(args.child, "w") as f:
+            json.dump(_one_backend(args.reps), f)
+        return
+    if args.report:
+        with open(args.report) as f:
+            results = json.load(f)
+        command = args.command
+    else:
+        backends = BACKENDS if args.backend == "all" else args.backend.split(",")
+        results = run(backends, args.reps)
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+    text = render(results, command)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
