@@ -363,21 +363,20 @@ def retain(metas: list[dict], cadence, double: bool) -> list[dict]:
 
 
 def _batches_before(epoch: int, metas: list[dict], steps: int | None) -> int | None:
-    """`fit`'s training batches before `epoch` began, from the latest state."""
-    m = next(m for m in metas if m["epoch"] < epoch or m["step"] is not None)
-    if m["step"] is not None and m["epoch"] == epoch:
-        return m["epoch_start"]
-    if m["step"] is None:  # an epoch end (EMPTY: the end of epoch -1)
-        if m["batches"] is None:
-            return None
-        return (
-            m["batches"] + (epoch - m["epoch"] - 1) * steps
-            if steps
-            else (m["batches"] if epoch == m["epoch"] + 1 else None)
-        )
-    if m["epoch"] > epoch or not steps:
-        return None
-    return m["epoch_start"] + (epoch - m["epoch"]) * steps
+    """`fit`'s training batches before `epoch` began, from the latest state
+    written before it (`metas` latest first, `EMPTY` last)."""
+    for m in metas:
+        if m["step"] is not None and m["epoch"] == epoch:  # a check in it
+            return m["epoch_start"]
+        if m["epoch"] < epoch:
+            if m["step"] is None:  # an epoch end (EMPTY: the end of epoch -1)
+                base, begins = m["batches"], m["epoch"] + 1
+            else:  # a check in an earlier epoch
+                base, begins = m["epoch_start"], m["epoch"]
+            if base is None or (begins != epoch and not steps):
+                return None
+            return base + (epoch - begins) * (steps or 0)
+    return None
 
 
 def _first(generations, accept):

@@ -18,7 +18,9 @@ A job (all keys but `workdir` optional):
 - `kill`: None, or `[point, epoch, n]`: die at the `n`-th time (1-based)
   `point` is reached in epoch `epoch`. Points: `"slot0"`, `"slot1"`,
   `"slot2"` (a callback at that place in the list of the two, at its
-  `on_epoch_end`), `"batch"` (a training batch's end), `"eval"` (inside an
+  `on_epoch_end`), `"slot0_batch"`, `"slot1_batch"`, `"slot2_batch"` (the
+  same, at a training batch's end), `"batch"` (a training batch's end, before
+  every other callback), `"eval"` (inside an
   evaluation by the averaging callback's scorer, after it ran), `"savez"`
   (halfway through writing the state's temporary file), `"replace"` (just
   before the state writer's `os.replace`/`os.rename`), `"remove"` (just
@@ -247,6 +249,9 @@ def run_job(job):
 
         def on_epoch_end(self, epoch, logs=None):
             trigger.reach(self.name)
+
+        def on_train_batch_end(self, batch, logs=None):
+            trigger.reach(f"{self.name}_batch")
 
     pair = (
         [keras_backup, averaging]
