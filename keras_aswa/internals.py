@@ -128,6 +128,30 @@ def keep_backup_epoch(callback, epoch: int) -> None:
         callback._current_epoch = epoch
 
 
+def run_first_at_epoch_end(callback, function) -> None:
+    """Makes `callback.on_epoch_end` call `function(epoch)` before its own work.
+
+    Stands in for: a way to act between the end of an epoch's training and a
+    callback placed earlier in `fit`'s list (Keras calls `on_epoch_end` in
+    list order). Undone by `undo_first_at_epoch_end`.
+    """
+    undo_first_at_epoch_end(callback)
+    own = callback.on_epoch_end
+
+    def on_epoch_end(epoch, logs=None):
+        function(epoch)
+        return own(epoch, logs)
+
+    on_epoch_end.keras_aswa_wrapped = own
+    callback.on_epoch_end = on_epoch_end
+
+
+def undo_first_at_epoch_end(callback) -> None:
+    """Gives `callback` its own `on_epoch_end` back (see above)."""
+    if hasattr(callback.on_epoch_end, "keras_aswa_wrapped"):
+        del callback.on_epoch_end  # the instance attribute: the class' method again
+
+
 def fit_validates_at(model, epoch: int) -> bool:
     """Whether the running `fit` validates at the end of `epoch` (0-based).
 

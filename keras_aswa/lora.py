@@ -6,8 +6,10 @@ writes that merged kernel into the frozen base and zeroes the adapters. The
 average holds the adapters only (the base never changes during `fit`), and
 adapters mean something only on the base they were validated with. So a
 callback with a `backup_dir` keeps the bases there (once: they do not change)
-and the running adapters with every generation of its state; after Keras
-restores, `unmerge` puts the base back and the running adapters with it.
+and the running adapters with every generation of its state (and, where
+Keras' backup comes first in `fit`'s list, at every epoch end before Keras
+saves); after Keras restores, `unmerge` puts the base back and the running
+adapters with it.
 
 Example:
 
@@ -30,6 +32,7 @@ from keras import ops
 
 from keras_aswa import internals, kernels
 from keras_aswa.state import LORA_BASES as BASES
+from keras_aswa.state import LORA_RUNNING as RUNNING
 
 
 @dataclass
@@ -63,12 +66,37 @@ def _numpy(variable) -> np.ndarray:
 def save_bases(found: list[Part], directory: str) -> None:
     """Writes the bases to `directory` (atomically), unless already there."""
     path = os.path.join(directory, BASES)
-    if not found or os.path.exists(path):
-        return
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".npz")
+    if found and not os.path.exists(path):
+        _write(path, [_numpy(p.base) for p in found])
+
+
+def save_running(found: list[Part], directory: str, epoch: int) -> None:
+    """Writes the running adapters at the end of `epoch`, replacing the last.
+
+    Called before Keras' `BackupAndRestore` saves that epoch where it comes
+    before the callback: killed between the two, the rerun replays the epoch
+    end with these adapters, which Keras' backup holds only merged.
+    """
+    _write(os.path.join(directory, RUNNING), [np.array(epoch), *adapters(found)])
+
+
+def load_running(directory: str, epoch: int) -> list | None:
+    """The adapters `save_running` wrote at the end of `epoch`, or None."""
+    path = os.path.join(directory, RUNNING)
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    return arrays[1:] if int(arrays[0]) == epoch else None
+
+
+def _write(path: str, arrays: list) -> None:
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(path), prefix=".state-", suffix=".npz"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, *[_numpy(p.base) for p in found])
+            np.savez(f, *arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

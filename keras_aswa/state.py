@@ -38,6 +38,7 @@ _META = "__meta__"
 _TEMPORARY = ".state-*.npz"
 _LOCK = ".lock"
 LORA_BASES = "lora_bases.npz"  # see keras_aswa.lora
+LORA_RUNNING = "lora_running.npz"
 FORMAT = 3
 
 # The state before any write: no average, no history, no batch trained.
@@ -315,7 +316,7 @@ class StateStore:
         paths = [self.path(n) for n in self._names]
         paths += glob.glob(self.path(_TEMPORARY))
         paths += glob.glob(self.path(_PATTERN.replace("{:08d}", "*")))
-        paths.append(self.path(LORA_BASES))
+        paths += [self.path(LORA_BASES), self.path(LORA_RUNNING)]
         for path in paths:
             if os.path.exists(path):
                 os.remove(path)

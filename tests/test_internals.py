@@ -217,3 +217,21 @@ def test_lora_variables():
             "lora_variables", why
         )
         assert found[1].trainable and found[2].trainable
+
+
+def test_run_first_at_epoch_end():
+    calls = []
+
+    class Own(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            calls.append(("own", epoch))
+
+    callback = Own()
+    internals.run_first_at_epoch_end(callback, lambda e: calls.append(("first", e)))
+    internals.run_first_at_epoch_end(callback, lambda e: calls.append(("again", e)))
+    callback.on_epoch_end(3, {})
+    why = "a callback's on_epoch_end as an instance attribute"
+    assert calls == [("again", 3), ("own", 3)], gone("run_first_at_epoch_end", why)
+    internals.undo_first_at_epoch_end(callback)
+    callback.on_epoch_end(4, {})
+    assert calls[-1] == ("own", 4) and len(calls) == 3

@@ -159,8 +159,20 @@ class AveragingCallback(keras.callbacks.Callback):
             self._lora = lora.parts(model)
             if is_chief(self._model):
                 lora.save_bases(self._lora, self.backup_dir)
+                backup = self._keras_backup
+                if (
+                    self._lora
+                    and self.update_freq == EPOCH
+                    and backup is not None
+                    and callbacks.index(backup) < callbacks.index(self)
+                ):
+                    internals.run_first_at_epoch_end(backup, self._save_adapters)
         if model.built and model.weights:
             self._engine()  # a model built later (TF, no Input) waits
+
+    def _save_adapters(self, epoch: int) -> None:
+        self._sync_variables()
+        lora.save_running(self._lora, self.backup_dir, epoch)
 
     def _reset_fit(self) -> None:
         """The state of one `fit`, set afresh when it begins."""
@@ -229,6 +241,8 @@ class AveragingCallback(keras.callbacks.Callback):
             # average it ended with comes back all the same.
             self._resume(internals.fit_initial_epoch(self.model))
         self._in_epoch = False
+        if self._keras_backup is not None:
+            internals.undo_first_at_epoch_end(self._keras_backup)
         with rng_preserved():
             if self._average is not None and self._average.swapped_in:
                 self._sync_variables()
@@ -392,12 +406,13 @@ class AveragingCallback(keras.callbacks.Callback):
                 if self.update_freq == EPOCH
                 else meta["batches"] == found.batches
             )
+            running = None
+            if at_backup and meta is not EMPTY:
+                running = meta.get("adapter_arrays")
+            elif self.update_freq == EPOCH and found.replay is not None:
+                running = lora.load_running(self.backup_dir, found.replay)
             self._sync_variables()
-            lora.unmerge(
-                self._lora,
-                self.backup_dir,
-                meta.get("adapter_arrays") if at_backup and meta is not EMPTY else None,
-            )
+            lora.unmerge(self._lora, self.backup_dir, running)
         if self._average is not None and self._resumed is not None:
             self._average.load(*self._resumed)
             self._resumed = None
