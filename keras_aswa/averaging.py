@@ -342,6 +342,32 @@ class WeightAverage:
             else self._spread(store.pending),
         }
 
+    def warm_up(self) -> None:
+        """Runs once what a decision runs, so that it compiles now.
+
+        TensorFlow traces its graphs and XLA, like JAX, compiles its kernels
+        at their first call: a dry run moves that out of the first decisions.
+        It restarts the average, shows and commits a provisional average and
+        restarts again, then forgets the average (the buffers stay for the
+        next restart). The variables end with their values bit for bit: a
+        provisional average is swapped out again. A no-op on an average with
+        members. `on_write` is not called.
+        """
+        if not self.empty:
+            return
+        on_write, self.on_write = self.on_write, None
+        try:
+            self.restart()
+            with self.provisional():
+                pass
+            self.commit()
+            self.restart()
+        finally:
+            self.on_write = on_write
+            self._store.discard()
+            self._members = False
+            self.count = 0
+
     def _spread(self, values):
         """One entry per variable from one per averaged variable."""
         out = [None] * len(self.variables)

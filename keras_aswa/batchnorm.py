@@ -133,25 +133,25 @@ def update_batchnorm(
         return None
 
     momenta = [layer.momentum for layer in layers]
-    adapter = None
     try:
         # Momentum 0 makes the moving statistics a training-mode call writes
         # the batch statistics themselves: read them off the returned state.
         for layer in layers:
             layer.momentum = 0.0
-        adapter = _adapter(data, batch_size)
-        adapter.on_epoch_begin()
-        batches = _iterate(adapter)
-        if steps is not None:
-            batches = itertools.islice(batches, int(steps))
-        # Unseeded Dropout on torch draws from the global generator.
-        with rng_preserved(), _no_autograd():
-            sums, counts, seen = _accumulate(model, layers, batches)
+        # Unseeded Dropout and the DataLoader on torch draw from the global
+        # generator.
+        with (
+            rng_preserved(),
+            _no_autograd(),
+            internals.adapted_batches(_as_fit_x(data), batch_size) as batches,
+        ):
+            inputs = (keras.utils.unpack_x_y_sample_weight(b)[0] for b in batches)
+            if steps is not None:
+                inputs = itertools.islice(inputs, int(steps))
+            sums, counts, seen = _accumulate(model, layers, inputs)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
-        if adapter is not None:
-            adapter.on_epoch_end()
 
     if seen == 0:
         raise ValueError(
@@ -186,8 +186,8 @@ def update_batchnorm(
     return None
 
 
-def _adapter(data: Any, batch_size: int):
-    # Keras' own data adapters: every format fit accepts, on every backend.
+def _as_fit_x(data: Any):
+    """`data` as `fit` takes an `x` (Keras' adapters take every such format)."""
     if isinstance(data, tuple):
         # (x, y[, sample_weight]) of arrays: only x is needed.
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -200,22 +200,7 @@ def _adapter(data: Any, batch_size: int):
         # Keras takes generators of tuples only: wrap any other iterator, and
         # pack a bare x as (x,) so that it is not mistaken for (x, y).
         data = (batch if isinstance(batch, tuple) else (batch,) for batch in data)
-    return internals.data_adapter(data, batch_size)
-
-
-def _iterate(adapter) -> Iterator[Any]:
-    # The iterator each backend's own fit uses: tensors already on its device.
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        batches = adapter.get_tf_dataset()
-    elif backend == "jax":
-        batches = adapter.get_jax_iterator()
-    elif backend == "torch":
-        batches = adapter.get_torch_dataloader()
-    else:
-        batches = adapter.get_numpy_iterator()
-    for batch in batches:
-        yield keras.utils.unpack_x_y_sample_weight(batch)[0]
+    return data
 
 
 def _no_autograd():

@@ -9,6 +9,7 @@ list), and the callers decide later, from what `fit` hands them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -96,6 +97,44 @@ def fit_initial_epoch(model) -> int:
     return (fit_locals(model) or {}).get("initial_epoch", 0)
 
 
+# --- A callback's model -------------------------------------------------------
+# On JAX, `fit` keeps the training state (variables, optimizer) apart from the
+# model's variables, and `Callback.model` writes it into them each time it is
+# read: a copy of every variable.
+
+
+def unsynced_model(callback):
+    """The model `callback` is attached to, as it is (no state written back).
+
+    Stands in for: `Callback.model` without its side effect, where only the
+    model's identity or its distribution matters; `Callback._model` is the
+    attribute behind the property.
+    """
+    return callback._model
+
+
+def sync_model(callback) -> None:
+    """Makes the model's variables hold the running `fit`'s current state.
+
+    Stands in for: a public sync. Reading `Callback.model` does it on JAX
+    (`Model.jax_state_sync`); elsewhere the variables hold the state anyway.
+    """
+    _ = callback.model
+
+
+def take_train_batch_end(callback, function) -> None:
+    """Makes `function` the `on_train_batch_end` of this `callback` only.
+
+    Stands in for: a public way to ask for batch hooks per instance. Keras
+    dispatches the batch hooks on other threads while every callback's are
+    the base class' no-ops (marked by `keras.src.utils.python_utils.default`);
+    a class that defined the hook would lose that for all its instances,
+    epoch-level ones included. An instance attribute leaves the class' no-op
+    marked, and makes this instance's hook run in order, in `fit`'s thread.
+    """
+    callback.on_train_batch_end = function
+
+
 # --- Keras' BackupAndRestore --------------------------------------------------
 
 
@@ -164,6 +203,27 @@ def fit_validates_at(model, epoch: int) -> bool:
     if isinstance(freq, int):
         return (epoch + 1) % freq == 0
     return epoch + 1 in freq
+
+
+def evaluate_with(model, test_function, **kwargs) -> tuple:
+    """`model.evaluate(**kwargs)` run with `test_function` as its compiled
+    step (None: Keras compiles one), `fit`'s own put back afterwards.
+
+    Stands in for: a public way to evaluate on other data beside `fit`
+    without sharing its compiled test function (`Trainer.test_function`):
+    sharing it would retrace it for each data's shapes on TensorFlow, and
+    drop the one `fit` validates with.
+
+    Returns:
+        `(results, the test function it ran)`, to pass in next time.
+    """
+    fit_function = model.test_function
+    model.test_function = test_function
+    try:
+        results = model.evaluate(**kwargs)
+        return results, model.test_function
+    finally:
+        model.test_function = fit_function
 
 
 def evaluate_fit_validation(model) -> dict | None:
@@ -242,14 +302,34 @@ def metric_direction(metric) -> str | None:
 # --- Data -------------------------------------------------------------------
 
 
-def data_adapter(data, batch_size: int):
-    """Keras' data adapter for anything `fit` takes as `x`.
+@contextlib.contextmanager
+def adapted_batches(data, batch_size: int):
+    """The batches `fit` would draw from `data`, unshuffled, as the tensors
+    of the backend (already on its device), for one pass.
 
-    Stands in for: a public batch iterator over every format `fit` accepts.
+    Stands in for: a public batch iterator over every format `fit` accepts:
+    Keras' `DataAdapter` (`get_data_adapter`, its per-backend iterators and
+    its epoch hooks).
+
+    Yields:
+        An iterator of the batches, as Keras packs them.
     """
     from keras.src.trainers.data_adapters import get_data_adapter
 
-    return get_data_adapter(data, batch_size=batch_size, shuffle=False)
+    adapter = get_data_adapter(data, batch_size=batch_size, shuffle=False)
+    adapter.on_epoch_begin()
+    try:
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            yield iter(adapter.get_tf_dataset())
+        elif backend == "jax":
+            yield iter(adapter.get_jax_iterator())
+        elif backend == "torch":
+            yield iter(adapter.get_torch_dataloader())
+        else:
+            yield iter(adapter.get_numpy_iterator())
+    finally:
+        adapter.on_epoch_end()
 
 
 def is_data_source(data) -> bool:

@@ -104,18 +104,20 @@ def numpy_mse(weights, x, y):
     return float(np.mean((h @ k2 + b2 - y) ** 2))
 
 
-def replay(snapshots, history, float_mask, mode="min"):
+def replay(snapshots, history, float_mask, mode="min", min_delta=0.0):
     """ASWA replayed in numpy from the running snapshots and recorded scores.
 
-    `snapshots` are keyed by epoch, or by step for step-level records.
-    Returns the final ensemble and the provisional ensembles built, by the
-    same keys.
+    `snapshots` are keyed by epoch, or by step for step-level records. A
+    score improves on another by more than `min_delta`. Returns the final
+    ensemble and the provisional ensembles built, by the same keys.
     """
 
     def better(a, b):
         if not math.isfinite(a):
             return False
-        return not math.isfinite(b) or (a < b if mode == "min" else a > b)
+        if not math.isfinite(b):
+            return True
+        return a + min_delta < b if mode == "min" else a - min_delta > b
 
     ensemble, n, best, provisionals = None, 0, None, {}
     for record in history:
@@ -146,6 +148,38 @@ def replay(snapshots, history, float_mask, mode="min"):
         assert record["ensemble_size"] == n
         assert record["ensemble_score"] == best
     return ensemble, provisionals
+
+
+def compiled_model(**compile_kw):
+    """The regression model, compiled with Adam and MSE."""
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse", **compile_kw)
+    return model
+
+
+def weights(model) -> list:
+    """The model's weights as numpy arrays, in the order of `model.weights`."""
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+class Crash(keras.callbacks.Callback):
+    """Kills the run (an in-process `RuntimeError("preempted")`) after batch
+    `batch` of `epoch`, or at the end of `epoch` where `batch` is None."""
+
+    def __init__(self, epoch, batch=None):
+        super().__init__()
+        self.crash_epoch, self.crash_batch = epoch, batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (self.crash_epoch, self.crash_batch):
+            raise RuntimeError("preempted")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.crash_batch is None and epoch == self.crash_epoch:
+            raise RuntimeError("preempted")
 
 
 class BatchCounter(keras.callbacks.Callback):

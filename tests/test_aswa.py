@@ -64,6 +64,27 @@ def test_final_weights_equal_numpy_replay():
     assert aswa.best_score <= min(h["running"] for h in aswa.history) + 1e-7
 
 
+def test_min_delta_changes_the_decisions_as_the_numpy_replay_does():
+    # A margin of the size of the scores' typical moves: some updates the
+    # run without a margin accepted are now rejected, and the replay, with
+    # that margin, agrees with every decision and with the final weights.
+    plain = ASWA()
+    aswa_run([plain])
+    moves = [abs(h["running"] - h["provisional"]) for h in plain.history[1:]]
+    delta = float(np.median(moves))
+    recorder, aswa = SnapshotRecorder(), ASWA(min_delta=delta)
+    model = aswa_run([recorder, aswa])
+    decisions = [h["decision"] for h in aswa.history]
+    assert decisions != [h["decision"] for h in plain.history]
+    assert "reject" in decisions and "init" in decisions
+    float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
+    ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask, min_delta=delta)
+    with pytest.raises(AssertionError):  # the same scores without the margin
+        replay(recorder.snapshots, aswa.history, float_mask)
+    for got, want in zip(aswa.ensemble_weights(), ensemble, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_batchnorm_statistics_averaged_and_integers_untouched():
     recorder, aswa = SnapshotRecorder(), ASWA()
     (x, _), _ = regression_data()

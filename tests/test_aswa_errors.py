@@ -2,18 +2,16 @@
 
 import math
 
-import keras
 import numpy as np
 import pytest
-from scenarios import BatchCounter, aswa_run, regression_data, regression_model
+from scenarios import (
+    BatchCounter,
+    aswa_run,
+    compiled_model,
+    regression_data,
+)
 
 from keras_aswa import ASWA
-
-
-def compiled_model(**compile_kw):
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(0.03), "mse", **compile_kw)
-    return model
 
 
 def test_no_validation_anywhere_fails_before_training():

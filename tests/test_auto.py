@@ -31,23 +31,80 @@ def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
     return model
 
 
-def test_auto_chooses_n_and_k_by_its_rule():
-    aswa = ASWA(update_freq="auto", validation_data=(XV, YV))
-    fit([aswa])
+def expected_choice(chosen, check_budget, steps, k_there):
+    """N and K by the documented rule, from the timings the callback took."""
+    rate = check_budget * chosen["step_seconds"]
+    floor_every = steps // 2
+    per_batch = chosen["evaluation_seconds"]
+    affordable = int(np.floor(rate * floor_every / (2 * per_batch)))
+    if affordable >= min(k_there, 8):
+        k = min(k_there, 32, affordable)
+    else:  # one check an epoch, on 8 batches or as many as it affords
+        floor_every = steps
+        affordable = int(np.floor(rate * floor_every / (2 * per_batch)))
+        k = max(1, min(k_there, 8, affordable))
+    every = floor_every
+    if rate > 0:
+        every = min(floor_every, max(1, int(np.ceil(2 * k * per_batch / rate))))
+    return every, k
+
+
+class SlowTraining(keras.layers.Layer):
+    """Makes a training step cost far more than an evaluation: some batches
+    of validation then fit the budget, and K falls between its bounds."""
+
+    def call(self, x, training=False):
+        if training:
+            square = keras.ops.ones((1024, 1024)) * keras.ops.mean(x)
+            x = x + 0.0 * keras.ops.mean(keras.ops.matmul(square, square))
+        return x
+
+
+@pytest.mark.parametrize(
+    "model, budget, there",
+    [("built", 0.1, 8), ("subclassed-unbuilt", 0.1, 8), ("slow-training", 0.3, 48)],
+)
+def test_auto_chooses_n_and_k_by_its_rule(model, budget, there):
+    xv, yv = np.tile(XV, (there // 8, 1)), np.tile(YV, (there // 8, 1))
+    aswa = ASWA(update_freq="auto", validation_data=(xv, yv), check_budget=budget)
+    models = {
+        "built": regression_model,
+        "subclassed-unbuilt": Subclassed,
+        "slow-training": lambda: regression_model(extra_layers=[SlowTraining()]),
+    }
+    fit([aswa], model=models[model]())
     chosen = aswa._chosen
-    every, k = aswa.update_every, chosen["validation_steps"]
     steps = len(X) // 32
-    # K: at most the 8 validation batches there are (256 / 32), at least 1.
-    assert 1 <= k <= 8
-    # N: two checks per epoch at least, and otherwise the fewest batches
-    # whose training time, times the budget, covers two K-batch evaluations.
-    assert 1 <= every <= steps // 2
-    needed = 2 * k * chosen["evaluation_seconds"]
-    budget = aswa.check_budget * chosen["step_seconds"]
-    assert every == min(steps // 2, max(1, int(np.ceil(needed / budget))))
+    # K at most the validation batches there are (of 32).
+    assert (aswa.update_every, chosen["validation_steps"]) == expected_choice(
+        chosen, aswa.check_budget, steps, there
+    )
+    assert chosen["warm_up_seconds"] > 0
+    every = aswa.update_every
     assert [r["step"] for r in aswa.history] == list(range(every, 2 * steps + 1, every))
     assert set(aswa.timing) == {"fit", "checks", "warm_up"}
-    assert aswa.timing["warm_up"] > 0 and aswa.timing["checks"] > 0
+    assert aswa.timing["warm_up"] == chosen["warm_up_seconds"]
+    assert aswa.timing["checks"] > 0
+
+
+def test_auto_within_a_tiny_budget_checks_once_an_epoch_on_one_batch():
+    # Not even one check an epoch (of 32 batches) on one batch fits: the
+    # floor, which is over the budget.
+    aswa = ASWA(update_freq="auto", validation_data=(XV, YV), check_budget=1e-9)
+    fit([aswa])
+    assert (aswa.update_every, aswa._chosen["validation_steps"]) == (32, 1)
+
+
+class Subclassed(keras.Model):
+    """Built by its first batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
 
 
 def test_auto_with_explicit_validation_steps_keeps_them():

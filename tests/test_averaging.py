@@ -386,3 +386,40 @@ def test_arrays_handed_out_or_in_are_never_written_later():
         if a is not None:
             np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(avg.numpy()[0], given_copy[0] * 2 / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offload", [None, "host"])
+def test_warm_up_leaves_variables_bit_for_bit_and_the_average_empty(dtype, offload):
+    rng = np.random.default_rng(6)
+    vs = variables(rng, dtype)
+    vs[1].assign(np.array([-0.0, 0.0, 1e-30, -3.5]))  # signed zeros too
+    before = [np.asarray(a).view(np.uint8) for a in numpy_of(vs)]
+    avg = WeightAverage(vs, offload, on_write=lambda: pytest.fail("on_write"))
+    avg.warm_up()
+    after = [np.asarray(a).view(np.uint8) for a in numpy_of(vs)]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert avg.empty and avg.count == 0 and not avg.swapped_in
+    with pytest.raises(RuntimeError, match="no member yet"):
+        avg.numpy()
+    # Then it averages as a fresh one does: the mean of what it was shown.
+    avg.on_write = None
+    members = []
+    for k in range(3):
+        assign_all(vs[:2], [rng.normal(size=(3, 4)), rng.normal(size=(4,))])
+        members.append([ops.convert_to_numpy(ops.cast(v, "float64")) for v in vs[:2]])
+        if k == 0:
+            avg.restart()
+        else:
+            with avg.provisional():
+                pass
+            avg.commit()
+    for i in range(2):
+        mean = np.mean([m[i] for m in members], axis=0)
+        np.testing.assert_allclose(avg.numpy()[i], mean, rtol=1e-6, atol=1e-6)
+    # A no-op on an average with members.
+    kept = avg.numpy()
+    avg.warm_up()
+    assert avg.count == 3
+    np.testing.assert_array_equal(avg.numpy()[0], kept[0])

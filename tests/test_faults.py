@@ -241,6 +241,11 @@ def chains():
     return cases
 
 
+def matrix(*values, id):
+    """A case of the whole matrix (marked `faults`), not of the quick subset."""
+    return pytest.param(*values, id=id, marks=pytest.mark.faults)
+
+
 QUICK = [
     pytest.param("aswa", "aswa_first", ["slot1", KILL_EPOCH, 1], id="aswa-slot1"),
     pytest.param("aswa", "keras_first", ["eval", KILL_EPOCH, 1], id="aswa-eval1"),
@@ -341,24 +346,36 @@ def test_killed_in_the_first_and_the_last_epoch(
     "callback, order, update_freq, kill",
     [
         # Keras saved epoch 0, the callback did not: epoch 0 is replayed.
-        ("aswa", "keras_first", "epoch", ["slot1", 0, 1]),
+        matrix("aswa", "keras_first", "epoch", ["slot1", 0, 1], id="epoch0-replayed"),
         # The callback saved epoch 0, Keras did not: epoch 0 runs again.
-        ("aswa", "aswa_first", "epoch", ["slot1", 0, 1]),
+        matrix("aswa", "aswa_first", "epoch", ["slot1", 0, 1], id="epoch0-again"),
         # A kill in epoch 0 after the first check: epoch 0 runs again.
-        ("aswa", "keras_first", STEP_FREQ, ["batch", 0, 3]),
+        pytest.param(
+            "aswa", "keras_first", STEP_FREQ, ["batch", 0, 3], id="step-epoch0"
+        ),
         # After the last epoch's backups: Keras trains no epoch.
-        ("swa", "keras_first", "epoch", ["slot2", EDGE_EPOCHS - 1, 1]),
-        ("aswa", "keras_first", STEP_FREQ, ["slot2", EDGE_EPOCHS - 1, 1]),
+        matrix(
+            "swa",
+            "keras_first",
+            "epoch",
+            ["slot2", EDGE_EPOCHS - 1, 1],
+            id="swa-after-last",
+        ),
+        matrix(
+            "aswa",
+            "keras_first",
+            STEP_FREQ,
+            ["slot2", EDGE_EPOCHS - 1, 1],
+            id="step-after-last",
+        ),
         # Between them: the last epoch end is replayed, with no epoch to run.
-        ("aswa", "keras_first", "epoch", ["slot1", EDGE_EPOCHS - 1, 1]),
-    ],
-    ids=[
-        "epoch0-replayed",
-        "epoch0-again",
-        "step-epoch0",
-        "swa-after-last",
-        "step-after-last",
-        "last-replayed",
+        pytest.param(
+            "aswa",
+            "keras_first",
+            "epoch",
+            ["slot1", EDGE_EPOCHS - 1, 1],
+            id="last-replayed",
+        ),
     ],
 )
 def test_killed_at_an_edge(
@@ -421,10 +438,13 @@ INTEGER_KILLS = {
             order,
             [point, KILL_EPOCH, n],
             id=f"{callback}-save{save_freq}-{order}-{point}{n}",
+            # The first kill of each save_freq on every backend, the rest in
+            # the matrix.
+            marks=() if i == j == 0 else pytest.mark.faults,
         )
         for (callback, save_freq), kills in INTEGER_KILLS.items()
-        for order, point, ns in kills
-        for n in ns
+        for i, (order, point, ns) in enumerate(kills)
+        for j, n in enumerate(ns)
     ],
 )
 def test_integer_save_freq_keeps_the_checks_up_to_the_restored_batch(
@@ -452,8 +472,10 @@ def test_integer_save_freq_keeps_the_checks_up_to_the_restored_batch(
 
 @pytest.mark.parametrize(
     "flags",
-    [{"accumulation": 2}, {"mixed": True}],
-    ids=["gradient-accumulation", "mixed-float16"],
+    [
+        pytest.param({"accumulation": 2}, id="gradient-accumulation"),
+        matrix({"mixed": True}, id="mixed-float16"),
+    ],
 )
 def test_step_counting_survives_accumulation_and_loss_scaling(
     server, tmp_path_factory, tmp_path, flags
@@ -472,16 +494,39 @@ def test_step_counting_survives_accumulation_and_loss_scaling(
 @pytest.mark.parametrize(
     "callback, order, update_freq, kills",
     [
-        ("aswa", "aswa_first", "epoch", [["slot1", 2, 1], ["slot2", 4, 1]]),
-        ("swa", "keras_first", "epoch", [["slot2", 2, 1], ["batch", 4, 2]]),
-        ("aswa", "keras_first", STEP_FREQ, [["batch", 2, 3], ["slot2", 4, 1]]),
+        matrix(
+            "aswa",
+            "aswa_first",
+            "epoch",
+            [["slot1", 2, 1], ["slot2", 4, 1]],
+            id="aswa-epoch",
+        ),
+        matrix(
+            "swa",
+            "keras_first",
+            "epoch",
+            [["slot2", 2, 1], ["batch", 4, 2]],
+            id="swa-epoch",
+        ),
+        pytest.param(
+            "aswa",
+            "keras_first",
+            STEP_FREQ,
+            [["batch", 2, 3], ["slot2", 4, 1]],
+            id="aswa-step",
+        ),
         # Killed after Keras' backup and before ASWA's write: Keras holds the
         # running adapters only merged; the ones written just before it are
         # used to replay the epoch end.
-        ("aswa", "keras_first", "epoch", [["slot1", 2, 1], ["slot1", 5, 1]]),
-        ("swa", "keras_first", "epoch", [["slot1", 3, 1]]),
+        pytest.param(
+            "aswa",
+            "keras_first",
+            "epoch",
+            [["slot1", 2, 1], ["slot1", 5, 1]],
+            id="aswa-replayed",
+        ),
+        matrix("swa", "keras_first", "epoch", [["slot1", 3, 1]], id="swa-replayed"),
     ],
-    ids=["aswa-epoch", "swa-epoch", "aswa-step", "aswa-replayed", "swa-replayed"],
 )
 def test_lora_model_resumes_on_the_base_it_was_validated_with(
     server, tmp_path_factory, tmp_path, callback, order, update_freq, kills
@@ -493,6 +538,7 @@ def test_lora_model_resumes_on_the_base_it_was_validated_with(
     check_resumed(server, tmp_path_factory, str(tmp_path), job, kills)
 
 
+@pytest.mark.faults
 def test_random_sigkills_while_the_state_is_written(server, tmp_path_factory, tmp_path):
     # SIGKILL from outside at random times of a run whose state writes are
     # slowed down, so that most kills land in them; Keras keeps its previous

@@ -95,9 +95,20 @@ def test_layers_and_call_signature():
     assert any(layer is inner for layer in internals.flatten_layers(model)), gone(
         "flatten_layers", "Layer._flatten_layers"
     )
+    # It falls back to True: a model whose call has no `training` tells
+    # whether Keras still records it.
+    why = "Layer._call_has_training_arg"
     assert internals.call_has_training_arg(model) is True, gone(
-        "call_has_training_arg", "Layer._call_has_training_arg"
+        "call_has_training_arg", why
     )
+    assert internals.call_has_training_arg(NoTraining()) is False, gone(
+        "call_has_training_arg", why
+    )
+
+
+class NoTraining(keras.Model):
+    def call(self, x):
+        return x
 
 
 def test_created_non_trainable():
@@ -121,14 +132,21 @@ def test_metric_direction():
     assert internals.metric_direction(keras.metrics.MeanSquaredError()) == "down"
 
 
-def test_data_adapter():
+def test_adapted_batches():
     x = np.arange(10, dtype="float32").reshape(5, 2)
-    adapter = internals.data_adapter((x,), batch_size=2)
-    assert adapter.num_batches == 3, gone(
-        "data_adapter", "keras.src.trainers.data_adapters.get_data_adapter"
-    )
+    why = "keras.src.trainers.data_adapters.get_data_adapter and its iterators"
+    with internals.adapted_batches(x, batch_size=2) as batches:
+        got = [
+            keras.ops.convert_to_numpy(keras.utils.unpack_x_y_sample_weight(b)[0])
+            for b in batches
+        ]
+    assert [len(b) for b in got] == [2, 2, 1], gone("adapted_batches", why)
+    np.testing.assert_array_equal(np.concatenate(got), x)
     assert not internals.is_data_source(x)
-    assert internals.is_data_source(adapter)
+    dataset = keras.utils.PyDataset()
+    assert internals.is_data_source(dataset), gone(
+        "is_data_source", "keras.src.trainers.data_adapters' is_*_dataset"
+    )
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch only")
@@ -235,3 +253,94 @@ def test_run_first_at_epoch_end():
     internals.undo_first_at_epoch_end(callback)
     callback.on_epoch_end(4, {})
     assert calls[-1] == ("own", 4) and len(calls) == 3
+
+
+class StateAfterFirstBatch(keras.callbacks.Callback):
+    """Reads the first Dense kernel after the first batch, before and after
+    `internals.sync_model`."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch:
+            return
+        kernel = internals.unsynced_model(self).weights[0]
+        self.before = self.read(kernel)
+        internals.sync_model(self)
+        self.after = self.read(kernel)
+
+    @staticmethod
+    def read(variable):
+        try:
+            return keras.ops.convert_to_numpy(variable)
+        except TypeError:  # JAX's fit empties the variables until synced
+            return None
+
+
+def model_sync_problem() -> str | None:
+    """What is wrong with `unsynced_model` and `sync_model`, or None."""
+    (x, y), _ = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    start = keras.ops.convert_to_numpy(model.weights[0])
+    probe = StateAfterFirstBatch()
+    probe.set_model(model)
+    if internals.unsynced_model(probe) is not model:
+        return gone("unsynced_model", "Callback._model, the model behind .model")
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, callbacks=[probe])
+    trained = keras.ops.convert_to_numpy(model.weights[0])
+    if probe.after is None or not np.array_equal(probe.after, trained):
+        return gone("sync_model", "reading Callback.model syncs the trainer's state")
+    # JAX keeps the state apart until synced; the others hold it already.
+    if keras.backend.backend() == "jax":
+        synced_already = probe.before is not None and not np.array_equal(
+            probe.before, start
+        )
+    else:
+        synced_already = np.array_equal(probe.before, trained)
+    if synced_already != (keras.backend.backend() != "jax"):
+        return gone("unsynced_model", "on JAX it is the model as it is, not synced")
+    return None
+
+
+def test_unsynced_model_and_sync_model():
+    assert model_sync_problem() is None
+
+
+def test_model_sync_canary_fails_without_the_internals(monkeypatch):
+    # The canary above would catch Keras dropping either internal.
+    if keras.backend.backend() == "jax":  # a Callback.model that syncs nothing
+        monkeypatch.setattr(
+            keras.callbacks.Callback, "model", property(lambda self: self._model)
+        )
+        assert "sync_model" in model_sync_problem()
+        monkeypatch.undo()
+    monkeypatch.setattr(keras.callbacks.Callback, "_model", None, raising=False)
+    monkeypatch.setattr(keras.callbacks.Callback, "set_model", lambda self, model: None)
+    assert "unsynced_model" in model_sync_problem()
+
+
+def test_evaluate_with_its_own_test_function():
+    (x, y), (xv, yv) = regression_data()
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model.evaluate(x, y, verbose=0)
+    fit_function = model.test_function
+    why = "Trainer.test_function, the compiled step evaluate runs"
+    results, mine = internals.evaluate_with(model, None, x=xv, y=yv, verbose=0)
+    assert mine is not None and mine is not fit_function, gone("evaluate_with", why)
+    assert model.test_function is fit_function
+    again, reused = internals.evaluate_with(model, mine, x=xv, y=yv, verbose=0)
+    assert reused is mine and again == pytest.approx(results, rel=1e-6)
+    assert results == pytest.approx(model.evaluate(xv, yv, verbose=0), rel=1e-6)
+
+
+def test_take_train_batch_end_keeps_epoch_level_callbacks_async():
+    from keras_aswa import ASWA
+
+    data = regression_data()[1]
+    epoch, step = ASWA(), ASWA(update_freq=2, validation_data=data)
+    why = "CallbackList dispatches batch hooks asynchronously unless one is set"
+    dispatch = keras.callbacks.CallbackList
+    if not getattr(dispatch([keras.callbacks.Callback()]), "_async_train", False):
+        pytest.skip("this backend dispatches batch hooks in order anyway")
+    assert dispatch([epoch])._async_train is True, gone("take_train_batch_end", why)
+    assert dispatch([step])._async_train is False, gone("take_train_batch_end", why)

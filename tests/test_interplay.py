@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from scenarios import (
     ADAM_LR,
+    Crash,
     SnapshotRecorder,
     fit_regression,
     regression_model,
+    weights,
 )
 
 from keras_aswa import ASWA, SWA
@@ -19,10 +21,6 @@ def fit(callbacks, epochs=8, optimizer=None, model=None, **kw):
     model = model or regression_model()
     model.compile(optimizer or keras.optimizers.Adam(ADAM_LR), "mse")
     return fit_regression(model, callbacks, epochs=epochs, **kw)
-
-
-def weights(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
 def assert_weights_equal(a, b, exact=False):
@@ -144,18 +142,13 @@ def test_model_checkpoint_saves_the_ensemble_with_swap_on_epoch(tmp_path, callba
 def test_backup_and_restore_resumes_training_and_restarts_the_average(tmp_path):
     backup = str(tmp_path / "backup")
 
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 3 and batch == 2:
-                raise RuntimeError("preempted")
-
     model = regression_model()
     first = ASWA()
     with pytest.raises(RuntimeError, match="preempted"):
-        fit([keras.callbacks.BackupAndRestore(backup), first, Crash()], model=model)
+        fit(
+            [keras.callbacks.BackupAndRestore(backup), first, Crash(3, batch=2)],
+            model=model,
+        )
     assert [h["epoch"] for h in first.history] == [0, 1, 2]
     second = ASWA()
     with pytest.warns(UserWarning, match="resum"):

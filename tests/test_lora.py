@@ -6,7 +6,12 @@ import os
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, fit_regression, regression_model
+from scenarios import (
+    ADAM_LR,
+    Crash,
+    fit_regression,
+    regression_model,
+)
 
 from keras_aswa import ASWA, lora
 
@@ -63,17 +68,12 @@ def test_unmerge_puts_the_base_back(tmp_path, known):
 def test_a_resumed_lora_model_hands_back_what_aswa_scored(tmp_path):
     # In-process kill after both callbacks saved epoch 1; the rerun resumes
     # at epoch 2 on Keras' merged backup.
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("preempted")
-
     def run(state, keras_dir, crash):
         model = lora_model()
         model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
         aswa = ASWA(backup_dir=state)
         callbacks = [keras.callbacks.BackupAndRestore(keras_dir), aswa]
-        fit_regression(model, callbacks + ([Crash()] if crash else []), epochs=5)
+        fit_regression(model, callbacks + ([Crash(1)] if crash else []), epochs=5)
         return model, aswa
 
     whole, whole_aswa = run(str(tmp_path / "a"), str(tmp_path / "ka"), False)
@@ -100,11 +100,6 @@ def test_keras_hub_lora_classifier_resumes_to_the_uninterrupted_run(tmp_path):
 
     (x, y), (xv, yv) = data(64), data(32)
 
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("preempted")
-
     def run(name, crash):
         keras.utils.set_random_seed(1)
         backbone = keras_hub.models.BertBackbone(
@@ -127,7 +122,7 @@ def test_keras_hub_lora_classifier_resumes_to_the_uninterrupted_run(tmp_path):
         callbacks = [
             keras.callbacks.BackupAndRestore(str(tmp_path / name / "keras")),
             aswa,
-        ] + ([Crash()] if crash else [])
+        ] + ([Crash(1)] if crash else [])
         model.fit(
             x,
             y,

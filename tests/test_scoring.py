@@ -99,3 +99,50 @@ def test_as_score_accepts_backend_tensors():
 def test_as_score_rejects_non_scalars(value):
     with pytest.raises(TypeError, match="single real number"):
         as_score(value, "score_fn")
+
+
+@pytest.mark.parametrize("inputs", ["array", "list", "dict"])
+@pytest.mark.parametrize("steps", [1, 3, 40])
+def test_validation_steps_score_the_first_batches(inputs, steps):
+    # The K batches are cut from the arrays once (a tf.data.Dataset on
+    # TensorFlow); the score is evaluate's on those batches, as numpy slices
+    # them, with sample weights and several inputs.
+    from keras_aswa.scoring import DataValidation
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(100, 3)).astype("float32")
+    b = rng.normal(size=(100, 2)).astype("float32")
+    y = rng.normal(size=(100, 1)).astype("float32")
+    w = rng.uniform(size=100).astype("float32")
+    if inputs == "array":
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        x = a
+    else:
+        ia, ib = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+        out = keras.layers.Dense(1)(keras.layers.Concatenate()([ia, ib]))
+        model = keras.Model([ia, ib], out)
+        x = [a, b] if inputs == "list" else {"a": a, "b": b}
+    model.compile("sgd", "mse")
+    scorer = DataValidation("val_loss", (x, y, w), batch_size=16, steps=steps)
+    with pytest.warns(UserWarning) if steps == 40 else _no_warning():
+        scorer.on_train_begin(model)
+    n = min(steps * 16, 100)
+    first = keras.tree.map_structure(lambda v: v[:n], x)
+    expected = model.evaluate(
+        first, y[:n], sample_weight=w[:n], batch_size=16, verbose=0
+    )
+    assert scorer.current(model) == pytest.approx(expected, rel=1e-6)
+    assert scorer.current(model) == pytest.approx(expected, rel=1e-6)  # cached
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def context():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+
+    return context()

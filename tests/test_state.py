@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 from scenarios import (
     ADAM_LR,
+    Crash,
+    compiled_model,
     fit_regression,
     regression_data,
     regression_model,
+    weights,
 )
 
 from keras_aswa import ASWA, SWA
@@ -48,33 +51,14 @@ def latest_file(state):
     return os.path.join(state, max(n for n in os.listdir(state) if n.endswith(".npz")))
 
 
-class Crash(keras.callbacks.Callback):
-    """Kills the run in the middle of `epoch`."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.crash_epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == self.crash_epoch and batch == 3:
-            raise RuntimeError("preempted")
-
-
 def run(tmp_path, callback, crash_at=None, model=None):
     """The same command each time: fresh model, BackupAndRestore, callback."""
     model = model or regression_model()
     model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
     callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
     if crash_at is not None:
-        callbacks.append(Crash(crash_at))
+        callbacks.append(Crash(crash_at, batch=3))
     return fit_regression(model, callbacks, epochs=EPOCHS)
-
-
-def weights(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
 @pytest.mark.parametrize(
@@ -268,12 +252,6 @@ def test_kill_after_keras_backup_and_before_the_callback_saves(tmp_path, make):
     assert resumed.history == whole.history
     for a, b in zip(weights(model), expected, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def compiled_model():
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    return model
 
 
 def test_two_callbacks_sharing_a_backup_dir_are_refused(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from scenarios import (
     ADAM_LR,
     BATCH_SIZE,
+    compiled_model,
     fit_regression,
     numpy_mse,
     regression_data,
@@ -35,12 +36,6 @@ class StepRecorder(keras.callbacks.Callback):
             ]
 
 
-def compiled_model():
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    return model
-
-
 def test_step_level_aswa_equals_numpy_replay():
     _, (xv, yv) = regression_data()
     recorder = StepRecorder(N)
@@ -60,6 +55,39 @@ def test_step_level_aswa_equals_numpy_replay():
         if record["step"] in provisionals:
             expected = numpy_mse(provisionals[record["step"]], xv, yv)
             assert record["provisional"] == pytest.approx(expected, rel=1e-4)
+    for got, want in zip(model.get_weights(), ensemble, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("execution", [2, 3])
+def test_steps_per_execution_checks_at_the_first_callback_past_each_n(execution):
+    # Keras calls back once per execution of `execution` batches (and after
+    # an epoch's last, shorter one): a check falls at the first callback at
+    # or past each multiple of N, e.g. with 2 and N=3 at 4, 6, 10, 12, 16.
+    # Keras numbers that last execution as a full one (with 3: batch 8 of an
+    # epoch of 8); the count stays at the batches trained.
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras on PyTorch takes steps_per_execution=1 only")
+    _, (xv, yv) = regression_data()
+    recorder = StepRecorder(1)
+    aswa = ASWA(update_freq=N, validation_data=(xv, yv))
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse", steps_per_execution=execution)
+    fit_regression(model, [recorder, aswa], epochs=2)
+    ends = [min(b, 8) for b in range(execution, 8 + execution, execution)]
+    called = [epoch * 8 + end for epoch in range(2) for end in ends]
+    assert sorted(recorder.snapshots) == called
+    expected = [
+        s for a, s in zip([0, *called[:-1]], called, strict=True) if s // N > a // N
+    ]
+    assert [h["step"] for h in aswa.history] == expected
+    if execution == 2:
+        assert expected == [4, 6, 10, 12, 16]
+    float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
+    ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
+    for record in aswa.history:
+        theta = recorder.snapshots[record["step"]]
+        assert record["running"] == pytest.approx(numpy_mse(theta, xv, yv), rel=1e-4)
     for got, want in zip(model.get_weights(), ensemble, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

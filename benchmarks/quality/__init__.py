@@ -39,7 +39,8 @@ What is compared, per data set, model and seed (same data, seed and epochs):
   0.99 per step; Keras swaps in the EMA of the trainable weights only);
 - ``aswa``: ``keras_aswa.ASWA``;
 - ``aswa_n<N>`` (Fashion-MNIST): ``ASWA(update_freq=N)``, deciding every N
-  training batches on the first 20 validation batches, on val_loss.
+  training batches on the first 20 validation batches, on val_loss;
+  ``aswa_auto``: ``ASWA(update_freq="auto")``, N and K its own choice.
 
 None of them changes the training trajectory, so all five are read off ONE
 training run per seed (EMA shadow on the optimizer, ASWA/SWA without

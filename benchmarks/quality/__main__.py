@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--step-freqs",
         default=None,
-        help="comma-separated N of the step-level ASWAs (default 50,100,200)",
+        help="comma-separated N of the step-level ASWAs, or auto for "
+        'update_freq="auto" (default 50,100,200,auto)',
     )
     parser.add_argument(
         "--steps",
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         timing_repeats=args.timing_repeats,
         steps=args.steps,
         step_freqs=(
-            tuple(int(n) for n in args.step_freqs.split(","))
+            tuple(n if n == "auto" else int(n) for n in args.step_freqs.split(","))
             if args.step_freqs
             else None
         ),

@@ -20,24 +20,27 @@ METHOD_LABELS = {
 # scores the running and the provisional model on the first 20 batches of 32
 # (640 of the 6000 validation images), on val_loss: at 640 images accuracy
 # moves in steps of 1/640 and ties (which never win) are frequent, while the
-# loss is continuous.
-STEP_FREQS = (50, 100, 200)
+# loss is continuous. "auto": `update_freq="auto"`, which chooses N and K
+# (`validation_steps`) itself, from the first batches' timings.
+STEP_FREQS = (50, 100, 200, "auto")
 STEP_VALIDATION_STEPS = 20
 STEP_MONITOR = "val_loss"
 # Smoke: 4 batches an epoch, 128 validation images.
-SMOKE_STEP_FREQS = (2, 5)
+SMOKE_STEP_FREQS = (2, 5, "auto")
 SMOKE_VALIDATION_STEPS = 2
 
 
-def step_method(n: int) -> str:
-    """The method name of step-level ASWA every `n` batches."""
-    return f"aswa_n{n}"
+def step_method(n: int | str) -> str:
+    """The method name of step-level ASWA every `n` batches (or "auto")."""
+    return "aswa_auto" if n == "auto" else f"aswa_n{n}"
 
 
 def method_label(method: str) -> str:
     """How a method is named in the reports."""
     if method in METHOD_LABELS:
         return METHOD_LABELS[method]
+    if method == "aswa_auto":
+        return "step ASWA, update_freq='auto'"
     return f"step ASWA, every {method.removeprefix('aswa_n')} batches"
 
 
@@ -60,7 +63,7 @@ class Config:
     mode: str
     # Step-level ASWA read off the same run: every N training batches, on
     # the first `validation_steps` batches (of 32) of the validation split.
-    step_freqs: tuple[int, ...] = ()
+    step_freqs: tuple[int | str, ...] = ()
     validation_steps: int | None = None
     variant: str = ""  # e.g. "2ep": a second configuration of one model
 

@@ -23,8 +23,9 @@ from benchmarks.quality.training import (
 from keras_aswa import ASWA, SWA
 
 
-def _step_record(cb: ASWA) -> dict:
-    """A step-level ASWA's ensemble, decisions and the time of its checks."""
+def _step_record(cb: ASWA, model) -> dict:
+    """A step-level ASWA's ensemble, decisions and the time of its checks,
+    with the median of 5 evaluations of its K batches (after one more)."""
     decisions = [h["decision"] for h in cb.history]
     secs = getattr(cb, "check_seconds", [])
     return {
@@ -34,6 +35,10 @@ def _step_record(cb: ASWA) -> dict:
         "best_score": rounded(cb.best_score),
         "check_seconds_total": round(float(np.sum(secs)), 4),
         "check_seconds_median": round(float(np.median(secs)), 5) if secs else None,
+        # What it checked with: N and K (chosen by "auto").
+        "every": cb.update_every,
+        "validation_steps": cb._scorer.batches(),
+        "eval_seconds": round(eval_seconds(cb, model), 5),
     }
 
 
@@ -66,7 +71,6 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         "aswa": aswa.ensemble_weights(),
         **{m: cb.ensemble_weights() for m, cb in steps.items()},
     }
-    eval_s = eval_seconds(cfg, data, model) if steps else None
     metrics = {}
     for method in cfg.methods:
         model.set_weights(weights[method])
@@ -83,8 +87,7 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         "aswa_history": history_columns(aswa.history),
     }
     if steps:
-        record["step_aswa"] = {m: _step_record(cb) for m, cb in steps.items()}
-        record["eval_seconds"] = round(eval_s, 5)
+        record["step_aswa"] = {m: _step_record(cb, model) for m, cb in steps.items()}
     return record, weights, aswa, swa.history[0]["epoch"]
 
 

@@ -54,12 +54,14 @@ def _merge_steps(result: dict, path: str) -> None:
     """Joins the step-level run at `path` into `result`.
 
     Its new configurations (e.g. the long ones, run apart) join whole; more
-    seeds of a configuration join its records, by seed.
+    seeds of a configuration join its records, by seed. A configuration run
+    again with more step-level variants (e.g. `"auto"` beside the fixed N)
+    and otherwise the same settings replaces the earlier run of it.
     """
     res = json.loads(Path(path).read_text())
     for key, entry in res["configs"].items():
         mine = result["configs"].get(key)
-        if mine is None:
+        if mine is None or _widens(entry["config"], mine["config"]):
             result["configs"][key] = entry
             continue
         if mine["config"] != entry["config"]:
@@ -79,3 +81,11 @@ def _merge_steps(result: dict, path: str) -> None:
             "load_average_at_end": env.get("load_average_at_end"),
         }
     )
+
+
+def _widens(new: dict, old: dict) -> bool:
+    """Whether configuration `new` is `old` with more step-level variants."""
+    rest = {k: v for k, v in new.items() if k != "step_freqs"}
+    return rest == {k: v for k, v in old.items() if k != "step_freqs"} and set(
+        old["step_freqs"]
+    ) < set(new["step_freqs"])

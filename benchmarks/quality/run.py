@@ -169,11 +169,12 @@ def run(
                 log(
                     f"{cfg.key} seed {seed} step-level: "
                     + ", ".join(
-                        f"{k} {m[k][cfg.metric]:.4f} ({v['checks']} checks, "
-                        f"{v['check_seconds_total']:.1f} s, {v['decisions']})"
+                        f"{k} {m[k][cfg.metric]:.4f} ({v['checks']} checks of "
+                        f"{v['validation_steps']} batches every {v['every']}, "
+                        f"{v['check_seconds_total']:.1f} s, one evaluation "
+                        f"{v['eval_seconds'] * 1e3:.0f} ms, {v['decisions']})"
                         for k, v in record["step_aswa"].items()
                     )
-                    + f"; one evaluation {record['eval_seconds'] * 1e3:.0f} ms"
                 )
             if i == 0:
                 if not steps:

@@ -29,9 +29,12 @@ def render_steps_markdown(result: dict, out: Path) -> str:
     )
     entries = result["configs"]
     some = Config(**next(iter(entries.values()))["config"]) if entries else None
-    freqs = sorted(
-        {n for e in entries.values() for n in Config(**e["config"]).step_freqs}
+    freqs = list(  # in the order of the configurations, "auto" last
+        dict.fromkeys(
+            n for e in entries.values() for n in Config(**e["config"]).step_freqs
+        )
     )
+    fixed = [n for n in freqs if n != "auto"]
     vsteps = some.validation_steps if some else None
     lines = [
         *run_header(
@@ -59,8 +62,16 @@ def render_steps_markdown(result: dict, out: Path) -> str:
         f'**step-level ASWA** `ASWA(update_freq=N, monitor="{STEP_MONITOR}", '
         "validation_data=(x_val, y_val), "
         f"validation_steps={vsteps}, restore_best=False)` for N = "
-        f"{', '.join(map(str, freqs))} training batches (an epoch is 422 batches; "
-        "which N each configuration has: its table).",
+        f"{', '.join(map(str, fixed))} training batches (an epoch is 422 batches; "
+        "which N each configuration has: its table)"
+        + (
+            ', and with `update_freq="auto"` (`aswa_auto`: no `validation_steps`; '
+            "it chooses N and K itself from the first batches' timings, for a "
+            "`check_budget` of 0.1; the N and K it chose per seed: each "
+            "configuration's notes)."
+            if "auto" in freqs
+            else "."
+        ),
         "",
         f"- Each check scores the running and the provisional model on the first "
         f"{vsteps} batches of 32 of the validation split "
@@ -186,10 +197,21 @@ def render_steps_markdown(result: dict, out: Path) -> str:
                 d: [x.get(d, 0) for x in dec]
                 for d in ("init", "hard", "soft", "reject")
             }
+            chose = ""
+            if m == "aswa_auto":
+                chose = (
+                    " (N, K) per seed: "
+                    + ", ".join(
+                        f"({r['step_aswa'][m]['every']}, "
+                        f"{r['step_aswa'][m]['validation_steps']})"
+                        for r in recs
+                    )
+                    + "."
+                )
             lines.append(
                 f"- {method_label(m)}: final ensemble sizes {sizes_}; hard "
                 f"{counts['hard']}, soft {counts['soft']}, reject "
-                f"{counts['reject']} per seed."
+                f"{counts['reject']} per seed.{chose}"
             )
         lines.append("")
     lines += _steps_cost_section(result)
@@ -219,9 +241,14 @@ def _steps_cost_section(result: dict) -> list[str]:
         if not recs or "step_aswa" not in recs[0]:
             continue
         fit_s = float(np.mean([r["fit_seconds"] for r in recs]))
-        ev = float(np.mean([r["eval_seconds"] for r in recs]))
         for m in recs[0]["step_aswa"]:
             rows = [r["step_aswa"][m] for r in recs]
+            # Older runs timed one evaluation of the fixed K for all.
+            evals = [
+                x.get("eval_seconds") or r["eval_seconds"]
+                for x, r in zip(rows, recs, strict=True)
+            ]
+            ev = float(np.mean(evals))
             total = float(np.mean([x["check_seconds_total"] for x in rows]))
             med = float(np.mean([x["check_seconds_median"] or 0.0 for x in rows]))
             checks = float(np.mean([x["checks"] for x in rows]))

@@ -19,7 +19,6 @@ from benchmarks.datasets import (
 )
 from benchmarks.quality.config import KG_DATASETS, STEP_MONITOR, Config
 from keras_aswa import ASWA
-from keras_aswa.scoring import DataValidation
 
 
 def load_data(dataset: str, smoke: bool) -> dict:
@@ -237,29 +236,27 @@ class TimedASWA(ASWA):
         self.check_seconds.append(time.perf_counter() - start)
 
 
-def make_step_aswa(cfg: Config, data: dict, n: int, restore: bool) -> ASWA:
+def make_step_aswa(cfg: Config, data: dict, n: int | str, restore: bool) -> ASWA:
     """ASWA every `n` training batches on the validation split's first
-    `cfg.validation_steps` batches (of 32)."""
+    `cfg.validation_steps` batches (of 32); with `n="auto"`, N and the
+    batches as `update_freq="auto"` chooses them."""
     return TimedASWA(
         monitor=STEP_MONITOR,
         mode="min",
         validation_data=(data["x_val"], data["y_val"]),
-        validation_steps=cfg.validation_steps,
+        validation_steps=None if n == "auto" else cfg.validation_steps,
         update_freq=n,
         restore_best=restore,
     )
 
 
-def eval_seconds(cfg: Config, data: dict, model, repeats: int = 5) -> float:
-    """Median wall time of one evaluation of `validation_steps` batches, as a
-    step-level check runs it (after one warm-up call)."""
-    scorer = DataValidation(
-        STEP_MONITOR, (data["x_val"], data["y_val"]), steps=cfg.validation_steps
-    )
-    scorer.current(model)
+def eval_seconds(cb: ASWA, model, repeats: int = 5) -> float:
+    """Median wall time of one evaluation as step-level `cb`'s checks run it
+    (its K batches; after one warm-up call)."""
+    cb._scorer.current(model)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        scorer.current(model)
+        cb._scorer.current(model)
         times.append(time.perf_counter() - start)
     return float(np.median(times))

@@ -84,19 +84,31 @@ class ASWA(AveragingCallback):
             counted across epochs and resumes as `ModelCheckpoint(save_freq=N)`
             counts them (gradient accumulation and skipped loss-scale steps
             do not shift the checks), on the callback's `validation_data` or
-            `score_fn`. `"auto"` (recommended for runs of a few epochs)
-            chooses `N`, and `validation_steps` `K` where it is None, so that
-            the checks take at most `check_budget` of the fit: the evaluation
-            is compiled before training (one validation batch, twice: the
-            second call times it), the first five training batches are
-            timed, then `K` is all the validation batches, at most 32, fewer
-            where that keeps two checks per epoch within the budget, and `N`
-            is the fewest batches whose training time, times `check_budget`,
-            covers a check (two evaluations of `K` batches), and at most half
-            an epoch (two checks per epoch at least, even over the budget).
-            `start_from_epoch` still counts epochs.
-        check_budget: With `update_freq="auto"`, the share of the fit's time
-            the checks may take (0.1: a tenth).
+            `score_fn`. With `steps_per_execution` above 1, Keras calls back
+            once per execution, and a check falls at the first call at or
+            past each multiple of `N` (2 and `N=3`: after batches 4, 6, 10,
+            12, 16 of two 8-batch epochs). `"auto"` (recommended for runs
+            of a few epochs) chooses `N`, and `validation_steps` `K` where
+            it is None, so that the checks take at most `check_budget` of
+            the fit's training time: the evaluation (on one validation
+            batch) and the averaging (on a dry run) are compiled before
+            training, in a warm-up reported apart in `timing["warm_up"]`,
+            and the evaluation timed (the median of three more calls); the
+            first five training batches are timed, and each affords
+            `check_budget` times their median time of checks. Then `K` is
+            all the validation batches, at most 32, fewer where that keeps
+            two checks per epoch within the budget, but at least 8 (or all,
+            where fewer); and `N` the fewest batches whose share of the
+            budget covers a check (two evaluations of `K` batches), at most
+            half an epoch. Where two checks an epoch on 8 batches exceed the
+            budget, there is one an epoch (`N` at most an epoch), on 8
+            batches, or on fewer (one at least) where even that exceeds it.
+            Where the epoch's length is unknown, `K` is all the batches (at
+            most 32) and `N` is not capped. `start_from_epoch` still counts
+            epochs.
+        check_budget: With `update_freq="auto"`, the share of the fit's
+            training time the checks may take (0.1: a tenth); the warm-up
+            before training comes on top.
         variables: Which variables the ensemble holds. None (the default):
             what training changes, i.e. the trainable variables and the
             non-trainable float variables of trainable layers (BatchNorm
@@ -158,7 +170,8 @@ class ASWA(AveragingCallback):
             chose).
         timing: After `fit`, seconds: `"fit"` (the whole fit), `"checks"`
             (the decisions, evaluations included) and `"warm_up"` (compiling
-            the evaluation before training, at step level).
+            the evaluation and the averaging before training, at step
+            level).
 
     Raises:
         ValueError: On an unknown `mode`, a negative `start_from_epoch`, an
@@ -269,6 +282,7 @@ class ASWA(AveragingCallback):
         self.best_score: float | None = None
         self._direction = None
         self._warm_up_seconds = 0.0
+        self._one_evaluation = None  # seconds, timed by "auto"'s warm-up
         self._stamps: list[float] = []  # batch ends, until "auto" chooses N
         self._chosen: dict = {}
 
@@ -298,17 +312,23 @@ class ASWA(AveragingCallback):
         self._warn_if_no_check()
 
     def _warm_up(self, model) -> None:
-        """Compiles the evaluation now, outside the training whose share the
-        checks count; with "auto", a second call, compiled, times it."""
+        """Compiles the evaluation and the averaging now, outside the
+        training whose share the checks count; with "auto", a second
+        evaluation, compiled, times it."""
         with rng_preserved():  # the batch order must not change
             start = time.perf_counter()
             self._scorer.warm_up(model)
+            self._engine().warm_up()
             self._warm_up_seconds = time.perf_counter() - start
             if self.update_freq == "auto":
-                start = time.perf_counter()
-                self._scorer.warm_up(model)
-                self._one_evaluation = time.perf_counter() - start
-                self._warm_up_seconds += self._one_evaluation
+                # The median of a few calls: one can fall on a busy moment.
+                times = []
+                for _ in range(_TIMED_EVALUATIONS):
+                    start = time.perf_counter()
+                    self._scorer.warm_up(model)
+                    times.append(time.perf_counter() - start)
+                self._one_evaluation = float(np.median(times))
+                self._warm_up_seconds += sum(times)
 
     def _warn_if_no_check(self) -> None:
         steps, epochs = (
@@ -327,6 +347,10 @@ class ASWA(AveragingCallback):
 
     def _choose_every(self) -> int | None:
         """The rule of `update_freq="auto"`; see the class docstring."""
+        if self._one_evaluation is None:
+            # Built by its first batch (TensorFlow): compiled and timed now,
+            # before the batches that are timed.
+            self._warm_up(self.model)
         now = time.perf_counter()
         self._stamps.append(now)
         steps = self._steps_per_epoch()
@@ -336,36 +360,51 @@ class ASWA(AveragingCallback):
         # The first batch compiled the training step: timed from the second.
         gaps = np.diff(self._stamps[1:])
         step_seconds = float(np.median(gaps)) if gaps.size else now - self._fit_start
+        # The seconds of checks a training batch affords. The warm-up, spent
+        # once, is not counted: charged to the budget, it left a short fit
+        # checks on one or two batches, whose ensembles scored below the last
+        # model (Fashion-MNIST, 2 epochs of an MLP).
+        rate = self.check_budget * step_seconds
+        # Two checks an epoch at least, or one where two on _MIN_BATCHES
+        # batches would exceed the budget: fewer checks, each on enough data.
+        floor_every = max(1, steps // _CHECKS_PER_EPOCH) if steps else None
         batches = self._scorer.batches()  # K: None where unknown, or a score_fn
         per_batch = self._one_evaluation
         if self.validation_steps is None and batches is not None:
-            # The most batches for which checks stay within the budget at the
-            # floor of checks per epoch, at most _MAX_BATCHES, at least one.
-            floor_every = max(1, (steps or 0) // _CHECKS_PER_EPOCH) or None
-            affordable = _MAX_BATCHES
-            if floor_every is not None:
-                affordable = math.floor(
-                    self.check_budget * step_seconds * floor_every / (2 * per_batch)
-                )
-            batches = max(1, min(batches, _MAX_BATCHES, affordable))
+
+            def affordable(every):  # the batches a check every `every` affords
+                if every is None:
+                    return _MAX_BATCHES
+                return math.floor(rate * every / (2 * per_batch))
+
+            fewest = min(batches, _MIN_BATCHES)
+            if affordable(floor_every) >= fewest:
+                batches = min(batches, _MAX_BATCHES, affordable(floor_every))
+            else:
+                floor_every = steps
+                batches = max(1, min(fewest, affordable(steps)))
             self._scorer.limit(batches)
         check_seconds = 2 * per_batch * (batches or 1)
-        every = max(1, math.ceil(check_seconds / (self.check_budget * step_seconds)))
-        if steps:
-            every = min(every, max(1, steps // _CHECKS_PER_EPOCH))
+        every = floor_every or 1
+        if rate > 0:
+            every = max(1, math.ceil(check_seconds / rate))
+        if floor_every is not None:
+            every = min(every, floor_every)
         self._chosen = {
             "update_every": every,
             "validation_steps": batches,
             "step_seconds": step_seconds,
             "evaluation_seconds": per_batch,
+            "warm_up_seconds": self._warm_up_seconds,
         }
         if self.verbose:
             self._print(
                 f"ASWA update_freq='auto': a check every {every} batches"
                 + ("" if batches is None else f", on {batches} validation batches")
                 + f" (a training batch took {1000 * step_seconds:.1f} ms, "
-                f"evaluating one validation batch {1000 * per_batch:.1f} ms; "
-                f"check_budget={self.check_budget:g} of the fit)."
+                f"evaluating one validation batch {1000 * per_batch:.1f} ms, "
+                f"check_budget={self.check_budget:g} of the training time; "
+                f"the warm-up before training took {self._warm_up_seconds:.1f} s)."
             )
         return every
 
@@ -510,10 +549,16 @@ class ASWA(AveragingCallback):
         )
 
 
-# update_freq="auto": timed training batches before N is chosen, the
-# fewest checks an epoch gets, and the most validation batches a check scores.
+# update_freq="auto": timed training batches before N is chosen, timed
+# evaluations of one batch, the checks an epoch gets at least where the
+# budget allows, and the fewest and most validation batches a check scores
+# (on fewer than 8 batches of 32 a score moves with the batches more than
+# with the weights: on Fashion-MNIST, checks on 1 to 4 batches chose worse
+# ensembles).
 _TIMED_BATCHES = 5
+_TIMED_EVALUATIONS = 3
 _CHECKS_PER_EPOCH = 2
+_MIN_BATCHES = 8
 _MAX_BATCHES = 32
 
 _LEGEND = (

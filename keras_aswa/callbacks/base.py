@@ -106,7 +106,7 @@ class AveragingCallback(keras.callbacks.Callback):
         if self.update_freq != EPOCH:
             # Only step-level callbacks take batch hooks: Keras dispatches the
             # batches of a fit without any asynchronously.
-            self.on_train_batch_end = self._count_batches
+            internals.take_train_batch_end(self, self._count_batches)
 
     def __getstate__(self):
         # What belongs to a fit (the model, its average with its compiled
@@ -121,11 +121,9 @@ class AveragingCallback(keras.callbacks.Callback):
     # --- fit's lifecycle -----------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if self._average is not None and self._average.swapped_in:
+        if self._swap_out():
             # An earlier fit was interrupted between this callback's epoch end
-            # and the next epoch: the running weights go back before training.
-            self._sync_variables()
-            self._average.swap_out()
+            # and the next epoch: the running weights went back before training.
             warnings.warn(
                 f"The last fit with this {type(self).__name__} was interrupted "
                 "while the model held its average (swap_on_epoch=True): the "
@@ -149,15 +147,15 @@ class AveragingCallback(keras.callbacks.Callback):
             # training; which generation applies is known once Keras'
             # BackupAndRestore has restored (in its own on_train_begin).
             self._store = StateStore(self.backup_dir)
-            if is_chief(self._model):
+            if is_chief(internals.unsynced_model(self)):
                 self._store.lock()
-            self._store.load(tidy=is_chief(self._model))
+            self._store.load(tidy=is_chief(internals.unsynced_model(self)))
             for _, meta in self._store.generations:
                 self._check_state(meta)
             # Keras merges LoRA adapters into their bases when it saves: the
             # bases are kept, to be put back after it restores.
             self._lora = lora.parts(model)
-            if is_chief(self._model):
+            if is_chief(internals.unsynced_model(self)):
                 lora.save_bases(self._lora, self.backup_dir)
                 backup = self._keras_backup
                 if (
@@ -171,7 +169,7 @@ class AveragingCallback(keras.callbacks.Callback):
             self._engine()  # a model built later (TF, no Input) waits
 
     def _save_adapters(self, epoch: int) -> None:
-        self._sync_variables()
+        internals.sync_model(self)
         lora.save_running(self._lora, self.backup_dir, epoch)
 
     def _reset_fit(self) -> None:
@@ -200,14 +198,16 @@ class AveragingCallback(keras.callbacks.Callback):
         self._last_batch = -1
         self._in_epoch = True
         self._epoch_start = self._step
-        if self._average is not None and self._average.swapped_in:
-            self._sync_variables()
-            self._average.swap_out()
+        self._swap_out()
 
     def _count_batches(self, batch, logs=None):
         """`on_train_batch_end` of a step-level callback."""
         # Keras numbers batches within the epoch; with steps_per_execution it
-        # calls this once per execution, with the last batch's number.
+        # calls this once per execution, with the last batch's number, and
+        # numbers an epoch's last, shorter execution as a full one.
+        steps = self._steps_per_epoch()
+        if steps:
+            batch = min(batch, steps - 1)
         before = self._step
         self._step += batch - self._last_batch
         self._last_batch = batch
@@ -232,8 +232,17 @@ class AveragingCallback(keras.callbacks.Callback):
         else:
             self._log(logs)  # the state after the epoch's last check
         if self.swap_on_epoch and self._average is not None and not self._average.empty:
-            self._sync_variables()
+            internals.sync_model(self)
             self._average.swap_in()
+
+    def _swap_out(self) -> bool:
+        """Puts the running weights back where the model holds the average
+        (`swap_on_epoch`); whether it did."""
+        if self._average is None or not self._average.swapped_in:
+            return False
+        internals.sync_model(self)
+        self._average.swap_out()
+        return True
 
     def on_train_end(self, logs=None):
         if self._pending_resume:
@@ -244,10 +253,8 @@ class AveragingCallback(keras.callbacks.Callback):
         if self._keras_backup is not None:
             internals.undo_first_at_epoch_end(self._keras_backup)
         with rng_preserved():
-            if self._average is not None and self._average.swapped_in:
-                self._sync_variables()
-                self._average.swap_out()
-            if self._store is not None and is_chief(self._model):
+            self._swap_out()
+            if self._store is not None and is_chief(internals.unsynced_model(self)):
                 # The run finished: a later fit starts afresh, as with
                 # BackupAndRestore.
                 self._store.clear()
@@ -284,7 +291,7 @@ class AveragingCallback(keras.callbacks.Callback):
             self._decide(epoch, step, logs)
             # Every worker holds the same average (they take the same
             # decisions); one writes it, and all read it on resume.
-            if self._store is not None and is_chief(self._model):
+            if self._store is not None and is_chief(internals.unsynced_model(self)):
                 self._save(epoch, step)
         self._check_seconds += time.perf_counter() - start
 
@@ -332,12 +339,6 @@ class AveragingCallback(keras.callbacks.Callback):
                 self._average.load(*self._resumed)
                 self._resumed = None
         return self._average
-
-    def _sync_variables(self) -> None:
-        """Makes the model's variables hold the trainer's current state."""
-        # On JAX the trainer keeps the state apart from the variables during
-        # fit; reading `self.model` (not `self._model`) writes it into them.
-        _ = self.model
 
     def _steps_per_epoch(self) -> int | None:
         # None when unknown: a dataset of unknown length, or a custom loop
@@ -411,7 +412,7 @@ class AveragingCallback(keras.callbacks.Callback):
                 running = meta.get("adapter_arrays")
             elif self.update_freq == EPOCH and found.replay is not None:
                 running = lora.load_running(self.backup_dir, found.replay)
-            self._sync_variables()
+            internals.sync_model(self)
             lora.unmerge(self._lora, self.backup_dir, running)
         if self._average is not None and self._resumed is not None:
             self._average.load(*self._resumed)
@@ -420,7 +421,11 @@ class AveragingCallback(keras.callbacks.Callback):
             self._act(found.replay, None, self._replayed_logs(found.replay))
         elif found.replay is not None:
             self._act(epoch if batch is not None else epoch - 1, found.replay, {})
-        elif batch is not None and self.update_freq != EPOCH and is_chief(self._model):
+        elif (
+            batch is not None
+            and self.update_freq != EPOCH
+            and is_chief(internals.unsynced_model(self))
+        ):
             # Keras trains this epoch again from its first batch: the state
             # records where this fit's count starts.
             self._save(epoch, self._step)
@@ -578,7 +583,7 @@ class AveragingCallback(keras.callbacks.Callback):
             RuntimeError: If nothing has been averaged yet.
         """
         self._require_average()
-        self._sync_variables()
+        internals.sync_model(self)
         self._average.apply()
 
     def _require_average(self):

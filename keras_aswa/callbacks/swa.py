@@ -7,6 +7,7 @@ import inspect
 import math
 import warnings
 
+from keras_aswa import internals
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 
@@ -69,7 +70,9 @@ class SWA(AveragingCallback):
             `N` averages every `N` of `fit`'s training batches (counted
             across epochs and resumes, as `ModelCheckpoint(save_freq=N)`
             counts them) from `start_from_epoch` on, for runs of
-            one to a few epochs. `frequency` must then stay 1.
+            one to a few epochs; with `steps_per_execution` above 1, at the
+            first of Keras' calls (one per execution) at or past each
+            multiple of `N`. `frequency` must then stay 1.
         variables: Which variables are averaged. None (the default): what
             training changes (trainable variables and the non-trainable float
             variables of trainable layers, e.g. BatchNorm statistics), not
@@ -187,7 +190,7 @@ class SWA(AveragingCallback):
         since = epoch - self._first_epoch
         due = since >= 0 and (step is not None or since % self.frequency == 0)
         if due:
-            self._sync_variables()
+            internals.sync_model(self)
             self._average.update()
             record = {"epoch": epoch, "ensemble_size": self.ensemble_size}
             if step is not None:
