@@ -106,10 +106,11 @@ def test_step_level_aswa_read_off_fashion_mnist(smoke):
         for n in cfg.step_freqs:
             s = record["step_aswa"][step_method(n)]
             if n == "auto":
-                # At most half an epoch of 4 batches, chosen once the first
-                # epoch is timed: the last two epochs' checks at least; K at
-                # most the 4 validation batches (128 images).
-                assert 1 <= s["every"] <= 2
+                # At most an epoch of 4 batches (half a one where two checks
+                # fit the budget), chosen once the first epoch is timed: the
+                # last two epochs' checks at least; K at most the 4
+                # validation batches (128 images).
+                assert 1 <= s["every"] <= 4
                 assert 8 // s["every"] <= s["checks"] <= 12 // s["every"]
                 assert 1 <= s["validation_steps"] <= 4
             else:
