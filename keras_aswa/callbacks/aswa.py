@@ -104,8 +104,9 @@ class ASWA(AveragingCallback):
             budget, there is one an epoch (`N` at most an epoch), on 8
             batches, or on fewer (one at least) where even that exceeds it.
             Where the epoch's length is unknown, `K` is all the batches (at
-            most 32) and `N` is not capped. `start_from_epoch` still counts
-            epochs.
+            most 32) and `N` is not capped. Checks fall at the multiples of
+            `N` from the batch where it is chosen on. `start_from_epoch`
+            still counts epochs.
         check_budget: With `update_freq="auto"`, the share of the fit's
             training time the checks may take (0.1: a tenth); the warm-up
             before training comes on top.
