@@ -81,24 +81,10 @@ def _finetune(seed: int):
     return job["model"], fit, job["aswa"].validation_data
 
 
-def _time_each_check(aswa) -> list:
-    """Records the seconds of each of `aswa`'s checks (its `_act`) in a list."""
-    durations = []
-    act = aswa._act
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        act(*args, **kwargs)
-        durations.append(time.perf_counter() - start)
-
-    aswa._act = timed
-    return durations
-
-
 def _one_backend(reps: int) -> dict:
-    import statistics
+    import numpy as np
 
-    from keras_aswa import ASWA
+    from benchmarks.quality.training import TimedASWA, eval_seconds
 
     out = {}
     for name in WORKLOADS:
@@ -109,11 +95,10 @@ def _one_backend(reps: int) -> dict:
                 model, fit, validation = make(rep)
                 callbacks = []
                 if with_aswa:
-                    aswa = ASWA(
+                    aswa = TimedASWA(
                         update_freq="auto", validation_data=validation, verbose=0
                     )
                     callbacks = [aswa]
-                    durations = _time_each_check(aswa)
                 start = time.perf_counter()
                 model.fit(**fit, verbose=0, callbacks=callbacks)
                 seconds = time.perf_counter() - start
@@ -121,11 +106,6 @@ def _one_backend(reps: int) -> dict:
                     plain.append(seconds)
                     continue
                 auto.append(seconds)
-                evaluations = []
-                for _ in range(5):
-                    start = time.perf_counter()
-                    aswa._scorer.current(model)
-                    evaluations.append(time.perf_counter() - start)
                 checks = len(aswa.history)
                 runs.append(
                     {
@@ -136,8 +116,8 @@ def _one_backend(reps: int) -> dict:
                         "every": aswa.update_every,
                         "k": aswa._chosen.get("validation_steps"),
                         "check": aswa.timing["checks"] / max(checks, 1),
-                        "check_median": statistics.median(durations),
-                        "evaluation": statistics.median(evaluations),
+                        "check_median": float(np.median(aswa.check_seconds)),
+                        "evaluation": eval_seconds(aswa, model),
                     }
                 )
         out[name] = {"plain": plain, "auto": auto, "runs": runs}

@@ -260,19 +260,19 @@ class DataValidation(Scorer):
             return self._cache[1]
         x, y, sample_weight = unpack_x_y_sample_weight(self.data)
         arguments = {"x": x, "y": y, "sample_weight": sample_weight}
+        source = internals.is_data_source(x)
+        # With `steps`, Keras splits arrays into that many batches: give the
+        # batch size, so that `steps` batches are the first ones.
         batch_size = self.batch_size
+        if self._steps is not None and not source:
+            batch_size = batch_size or 32
         parts = [p for p in (x, y, sample_weight) if p is not None]
         numpy = all(
             isinstance(a, np.ndarray) for p in parts for a in keras.tree.flatten(p)
         )
-        if self._steps is None or internals.is_data_source(x) or not numpy:
-            # With `steps`, Keras splits arrays into that many batches: give
-            # the batch size, so that `steps` batches are the first ones.
-            if self._steps is not None and not internals.is_data_source(x):
-                batch_size = batch_size or 32
+        if self._steps is None or source or not numpy:
             arguments.update(batch_size=batch_size, steps=self._steps)
         else:
-            batch_size = batch_size or 32
             n = self._steps * batch_size
             cut = tuple(
                 None if p is None else keras.tree.map_structure(lambda a: a[:n], p)
