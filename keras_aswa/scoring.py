@@ -38,11 +38,16 @@ _CACHED_BYTES = 256 * 2**20
 class Scorer:
     """How a callback gets its scores. Subclasses implement both methods."""
 
-    def on_train_begin(self, model) -> None:
-        """Checks what can be checked before training; resets per-fit state."""
+    def on_train_begin(self, model, batch_size: int | None = None) -> None:
+        """Checks what can be checked before training; resets per-fit state.
 
-    def warm_up(self, model) -> None:
-        """Scores once on the least data that compiles what a check runs."""
+        `batch_size`: `fit`'s, where known (arrays may be evaluated in
+        batches that large)."""
+
+    def warm_up(self, model, steps: int | None = 1) -> None:
+        """Scores once: on `steps` batches where the batches are a choice
+        (`batches()` is not None; 1: the least data that compiles what a
+        check runs; None: as a check does), else as a check does."""
         self.current(model)
 
     def batches(self) -> int | None:
@@ -154,6 +159,7 @@ class DataValidation(Scorer):
         self._steps = steps  # `steps`, cut to the batches there are
         self._test_function = None
         self._cache = None  # (steps, evaluate's data arguments)
+        self._fit_batch_size = None
         self._checked_batches()  # refuses now what no evaluation could use
 
     def __deepcopy__(self, memo):
@@ -201,9 +207,10 @@ class DataValidation(Scorer):
             )
         return n
 
-    def on_train_begin(self, model):
+    def on_train_begin(self, model, batch_size=None):
         self._test_function = None  # a new fit, maybe another model
         self._cache = None
+        self._fit_batch_size = batch_size
         x, y, _ = unpack_x_y_sample_weight(self.data)
         n = self._checked_batches()
         self._steps = self.steps
@@ -228,12 +235,14 @@ class DataValidation(Scorer):
                 "sample_weight)), as to fit, or a dataset of (x, y) batches."
             )
 
-    def warm_up(self, model):
-        steps, self._steps = self._steps, 1
+    def warm_up(self, model, steps=1):
+        kept = self._steps
+        if steps is not None:
+            self._steps = steps
         try:
             self.current(model)
         finally:
-            self._steps = steps
+            self._steps = kept
 
     def batches(self):
         if self._steps is not None:
@@ -264,16 +273,21 @@ class DataValidation(Scorer):
         # With `steps`, Keras splits arrays into that many batches: give the
         # batch size, so that `steps` batches are the first ones.
         batch_size = self.batch_size
-        if self._steps is not None and not source:
+        if not source:
             batch_size = batch_size or 32
         parts = [p for p in (x, y, sample_weight) if p is not None]
         numpy = all(
             isinstance(a, np.ndarray) for p in parts for a in keras.tree.flatten(p)
         )
-        if self._steps is None or source or not numpy:
+        if source or not numpy:
             arguments.update(batch_size=batch_size, steps=self._steps)
         else:
-            n = self._steps * batch_size
+            n = None if self._steps is None else self._steps * batch_size
+            # Those samples in batches as large as fit's where these are
+            # smaller: the score is a mean over samples either way, and the
+            # per-batch call weighs on a small model's evaluation (an MLP's
+            # 20 batches of 32 on TensorFlow: 63 ms; in batches of 128: 22 ms).
+            batch_size = max(batch_size, self._fit_batch_size or 0)
             cut = tuple(
                 None if p is None else keras.tree.map_structure(lambda a: a[:n], p)
                 for p in (x, y, sample_weight)

@@ -32,20 +32,30 @@ def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
 
 
 def expected_choice(chosen, check_budget, steps, k_there):
-    """N and K by the documented rule, from the timings the callback took."""
+    """N and K by the documented rule, from the timings the callback took:
+    a check is two evaluations, each `fixed + per_batch * K` seconds."""
     rate = check_budget * chosen["step_seconds"]
+    cost = chosen["evaluation_seconds"]
+    fixed, per_batch = cost["fixed"], cost["per_batch"]
+
+    def affordable(every):
+        spare = rate * every / 2 - fixed
+        if spare < 0:
+            return 0
+        return 32 if per_batch == 0 else int(np.floor(spare / per_batch))
+
     floor_every = steps // 2
-    per_batch = chosen["evaluation_seconds"]
-    affordable = int(np.floor(rate * floor_every / (2 * per_batch)))
-    if affordable >= min(k_there, 8):
-        k = min(k_there, 32, affordable)
+    if affordable(steps // 8) >= min(k_there, 8):  # eight checks an epoch
+        k = min(k_there, 32, affordable(steps // 8))
+    elif affordable(floor_every) >= min(k_there, 8):  # two at least
+        k = min(k_there, 8)
     else:  # one check an epoch, on 8 batches or as many as it affords
         floor_every = steps
-        affordable = int(np.floor(rate * floor_every / (2 * per_batch)))
-        k = max(1, min(k_there, 8, affordable))
+        k = max(1, min(k_there, 8, affordable(floor_every)))
     every = floor_every
     if rate > 0:
-        every = min(floor_every, max(1, int(np.ceil(2 * per_batch * k / rate))))
+        check = 2 * (fixed + per_batch * k)
+        every = min(floor_every, max(1, int(np.ceil(check / rate))))
     return every, k
 
 

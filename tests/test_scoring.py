@@ -146,3 +146,36 @@ def _no_warning():
             yield
 
     return context()
+
+
+class BatchCount(keras.metrics.Metric):
+    """How many batches an evaluation ran."""
+
+    def __init__(self, name="batch_count"):
+        super().__init__(name=name)
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.count.assign_add(1.0)
+
+    def result(self):
+        return keras.ops.cast(self.count, self.dtype)
+
+
+@pytest.mark.parametrize("fit_batch_size, batches", [(None, 5), (8, 5), (64, 2)])
+def test_arrays_are_evaluated_in_batches_as_large_as_fits(fit_batch_size, batches):
+    # The first 5 batches of 16 (80 samples), in batches of fit's size where
+    # that is larger: the same mean over samples, in fewer calls.
+    from keras_aswa.scoring import DataValidation
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3)).astype("float32")
+    y = rng.normal(size=(200, 1)).astype("float32")
+    w = rng.uniform(size=200).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=[BatchCount()])
+    expected = model.evaluate(x[:80], y[:80], sample_weight=w[:80], verbose=0)[0]
+    for monitor, value in (("val_loss", expected), ("val_batch_count", batches)):
+        scorer = DataValidation(monitor, (x, y, w), batch_size=16, steps=5)
+        scorer.on_train_begin(model, fit_batch_size)
+        assert scorer.current(model) == pytest.approx(value, rel=1e-6)

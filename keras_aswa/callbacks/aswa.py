@@ -72,7 +72,9 @@ class ASWA(AveragingCallback):
         validation_steps: With `validation_data`, how many of its batches
             each evaluation uses (None: all), so that a check costs a
             fraction of an epoch. Arrays are batched by 32 for it, as
-            `evaluate` does by default.
+            `evaluate` does by default; their samples are then evaluated in
+            batches of `fit`'s `batch_size` where that is larger (the same
+            score, in fewer calls).
         score_fn: `score_fn(model) -> float` scoring whatever weights the
             model holds, for metrics Keras cannot express (e.g. filtered MRR
             for link prediction). It scores the running and the provisional
@@ -93,16 +95,19 @@ class ASWA(AveragingCallback):
             the fit's training time: the evaluation (on one validation
             batch) and the averaging (on a dry run) are compiled before
             training, in a warm-up reported apart in `timing["warm_up"]`,
-            and the evaluation timed (the median of three more calls); the
-            first five training batches are timed, and each affords
-            `check_budget` times their median time of checks. Then `K` is
-            all the validation batches, at most 32, fewer where that keeps
-            two checks per epoch within the budget, but at least 8 (or all,
-            where fewer); and `N` the fewest batches whose share of the
-            budget covers a check (two evaluations of `K` batches), at most
-            half an epoch. Where two checks an epoch on 8 batches exceed the
-            budget, there is one an epoch (`N` at most an epoch), on 8
-            batches, or on fewer (one at least) where even that exceeds it.
+            and the evaluation timed on one batch and on the most a check
+            may use (medians of three calls), which gives its fixed and its
+            per-batch seconds; the first five training batches are timed,
+            and each affords `check_budget` times their median time of
+            checks. Then `K` is all the validation batches, at most 32,
+            fewer where that keeps eight checks per epoch within the budget,
+            but at least 8 (or all, where fewer): frequent checks on 8
+            batches chose better ensembles than rare ones on more; and `N`
+            the fewest batches whose share of the budget covers a check (two
+            evaluations of `K` batches), at most half an epoch. Where two
+            checks an epoch on 8 batches exceed the budget, there is one an
+            epoch (`N` at most an epoch), on 8 batches, or on fewer (one at
+            least) where even that exceeds it.
             Where the epoch's length is unknown, `K` is all the batches (at
             most 32) and `N` is not capped. Checks fall at the multiples of
             `N` from the batch where it is chosen on. `start_from_epoch`
@@ -283,7 +288,8 @@ class ASWA(AveragingCallback):
         self.best_score: float | None = None
         self._direction = None
         self._warm_up_seconds = 0.0
-        self._one_evaluation = None  # seconds, timed by "auto"'s warm-up
+        # (fixed, per-batch) seconds of an evaluation, timed by "auto"'s warm-up
+        self._evaluation_cost: tuple[float, float] | None = None
         self._stamps: list[float] = []  # batch ends, until "auto" chooses N
         self._chosen: dict = {}
 
@@ -291,7 +297,7 @@ class ASWA(AveragingCallback):
         super().on_train_begin(logs)
         self._reset()
         model = self.model
-        self._scorer.on_train_begin(model)
+        self._scorer.on_train_begin(model, internals.fit_batch_size(model))
         if (
             isinstance(self._scorer, FitValidation)
             and internals.fit_has_validation(model) is False
@@ -322,14 +328,34 @@ class ASWA(AveragingCallback):
             self._engine().warm_up()
             self._warm_up_seconds = time.perf_counter() - start
             if self.update_freq == "auto":
-                # The median of a few calls: one can fall on a busy moment.
-                times = []
-                for _ in range(_TIMED_EVALUATIONS):
-                    start = time.perf_counter()
-                    self._scorer.warm_up(model)
-                    times.append(time.perf_counter() - start)
-                self._one_evaluation = float(np.median(times))
-                self._warm_up_seconds += sum(times)
+                self._evaluation_cost = self._time_evaluations(model)
+
+    def _time_evaluations(self, model) -> tuple[float, float]:
+        """An evaluation's cost as `(fixed, per_batch)` seconds: a call's
+        overhead and each batch's share, from evaluations on 1 batch and on
+        the most a check may use (where the batches are a choice; else
+        `(one check's evaluation, 0)`). Each the median of a few calls: one
+        can fall on a busy moment. Their time counts as warm-up."""
+
+        def timed(steps):
+            times = []
+            for _ in range(_TIMED_EVALUATIONS):
+                start = time.perf_counter()
+                self._scorer.warm_up(model, steps)
+                times.append(time.perf_counter() - start)
+            self._warm_up_seconds += sum(times)
+            return float(np.median(times))
+
+        most = self._scorer.batches()
+        if self.validation_steps is not None or most is None:
+            return timed(None), 0.0
+        most = min(most, _MAX_BATCHES)
+        one = timed(1)
+        if most == 1:
+            return one, 0.0
+        # Per batch: the slope between the two, never below zero (noise).
+        per_batch = max(0.0, (timed(most) - one) / (most - 1))
+        return max(0.0, one - per_batch), per_batch
 
     def _warn_if_no_check(self) -> None:
         steps, epochs = (
@@ -348,7 +374,7 @@ class ASWA(AveragingCallback):
 
     def _choose_every(self) -> int | None:
         """The rule of `update_freq="auto"`; see the class docstring."""
-        if self._one_evaluation is None:
+        if self._evaluation_cost is None:
             # Built by its first batch (TensorFlow): compiled and timed now,
             # before the batches that are timed.
             self._warm_up(self.model)
@@ -370,32 +396,45 @@ class ASWA(AveragingCallback):
         # batches would exceed the budget: fewer checks, each on enough data.
         floor_every = max(1, steps // _CHECKS_PER_EPOCH) if steps else None
         batches = self._scorer.batches()  # K: None where unknown, or a score_fn
-        per_batch = self._one_evaluation
+        fixed, per_batch = self._evaluation_cost
+
+        def check_seconds(k):  # two evaluations of k batches
+            return 2 * (fixed + per_batch * k)
+
         if self.validation_steps is None and batches is not None:
 
             def affordable(every):  # the batches a check every `every` affords
                 if every is None:
                     return _MAX_BATCHES
-                return math.floor(rate * every / (2 * per_batch))
+                spare = rate * every / 2 - fixed
+                if spare < 0:
+                    return 0
+                return _MAX_BATCHES if per_batch == 0 else math.floor(spare / per_batch)
 
+            # More batches only where _AIMED_CHECKS an epoch afford them:
+            # frequent checks on _MIN_BATCHES beat rare ones on more (the
+            # quality benchmark's 2-epoch runs).
+            aim_every = max(1, steps // _AIMED_CHECKS) if steps else None
             fewest = min(batches, _MIN_BATCHES)
-            if affordable(floor_every) >= fewest:
-                batches = min(batches, _MAX_BATCHES, affordable(floor_every))
+            if affordable(aim_every) >= fewest:
+                batches = min(batches, _MAX_BATCHES, affordable(aim_every))
+            elif affordable(floor_every) >= fewest:
+                batches = fewest
             else:
                 floor_every = steps
                 batches = max(1, min(fewest, affordable(steps)))
             self._scorer.limit(batches)
-        check_seconds = 2 * per_batch * (batches or 1)
+        check = check_seconds(batches or 1)
         every = floor_every or 1
         if rate > 0:
-            every = max(1, math.ceil(check_seconds / rate))
+            every = max(1, math.ceil(check / rate))
         if floor_every is not None:
             every = min(every, floor_every)
         self._chosen = {
             "update_every": every,
             "validation_steps": batches,
             "step_seconds": step_seconds,
-            "evaluation_seconds": per_batch,
+            "evaluation_seconds": {"fixed": fixed, "per_batch": per_batch},
             "warm_up_seconds": self._warm_up_seconds,
         }
         if self.verbose:
@@ -403,7 +442,7 @@ class ASWA(AveragingCallback):
                 f"ASWA update_freq='auto': a check every {every} batches"
                 + ("" if batches is None else f", on {batches} validation batches")
                 + f" (a training batch took {1000 * step_seconds:.1f} ms, "
-                f"evaluating one validation batch {1000 * per_batch:.1f} ms, "
+                f"a check {1000 * check:.1f} ms, "
                 f"check_budget={self.check_budget:g} of the training time; "
                 f"the warm-up before training took {self._warm_up_seconds:.1f} s)."
             )
@@ -559,6 +598,7 @@ class ASWA(AveragingCallback):
 _TIMED_BATCHES = 5
 _TIMED_EVALUATIONS = 3
 _CHECKS_PER_EPOCH = 2
+_AIMED_CHECKS = 8
 _MIN_BATCHES = 8
 _MAX_BATCHES = 32
 
