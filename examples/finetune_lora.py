@@ -245,7 +245,8 @@ def prepare(
     else:
         classifier.preprocessor.sequence_length = sequence_length
     # Freezes the backbone; trains rank-`lora_rank` factors beside the
-    # attention's query and value kernels (and the classification head).
+    # attention's query and value kernels (and the classification head, and
+    # the query and value biases, which enable_lora leaves trainable).
     classifier.backbone.enable_lora(rank=lora_rank)
     classifier.compile(
         # use_ema: the optimizer keeps an exponential moving average of the
