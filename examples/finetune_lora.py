@@ -35,8 +35,8 @@ at the ASWA check with the lowest validation loss); none of them changes the
 training. At the end each is written into the model and scored on the test
 split (300 paragraphs; chance is 1/6).
 
-    python examples/finetune_lora.py                          # ~4 min, 2 CPU cores
-    python examples/finetune_lora.py --random-backbone        # the same, unpretrained
+    python examples/finetune_lora.py          # 3-6 min on 2 CPU cores (JAX, TensorFlow)
+    python examples/finetune_lora.py --random-backbone  # the same, unpretrained
     python examples/finetune_lora.py --preset bert_base_en_uncased
     KERAS_BACKEND=torch python examples/finetune_lora.py --smoke   # seconds
 """
