@@ -341,6 +341,8 @@ def test_smoke_from_preset(example, tmp_path, monkeypatch, capsys):
 )
 def test_full_run_is_clearly_above_chance(example):
     result = example["run"](example["prepare"]())
-    # Chance is 1/6; the runs measured in docs/finetuning.md end near 0.5.
+    # Chance is 1/6 (0.167, standard error 0.022 on 300 paragraphs); the runs
+    # measured in docs/finetuning.md end between 0.29 and 0.35 on the three
+    # backends, where the random backbone stays near chance.
     for method, score in result["scores"].items():
-        assert score > 0.3, method
+        assert score > 0.25, method
