@@ -6,7 +6,8 @@
 # in the JAX and torch venvs the notebook's own install cell installs
 # keras-aswa from this checkout. Then, in the same venv, keras-hub with the
 # lines docs/finetuning.md gives for that backend (the built wheel in place of
-# `keras-aswa`), and examples/finetune_lora.py --smoke (a tiny BERT, 6 steps).
+# `keras-aswa`), and examples/finetune_lora.py --smoke (the committed pretrained
+# BERT of examples/data/austen_bert, 7 steps).
 # Needs .venv (bash dev/setup.sh).
 # Usage: bash dev/backend-envs.sh [tensorflow|jax|torch ...]   (default: all three)
 set -euo pipefail

@@ -165,6 +165,7 @@ def test_examples_are_all_tested():
         "link_prediction.py",
         "quickstart.ipynb",
         "finetune_lora.py",  # in test_finetune_example.py (needs keras-hub)
+        "pretrain_backbone.py",  # the same
     }
     assert {
         p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".ipynb")
