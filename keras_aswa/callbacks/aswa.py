@@ -424,17 +424,28 @@ class ASWA(AveragingCallback):
             # its batch logs are no validation (the progress bar would show
             # a K-batch score as fit's val_loss).
             logs[self.monitor] = running
+        average = self._average
         provisional = None
-        if running is None or self._average.empty:
+        if running is None or average.empty:
             decision = decide(running, None, None, self._direction, initialised=False)
         else:
-            with self._average.provisional():
+            average.show_provisional()
+            try:
                 provisional = self._scorer.current(model)
+            finally:
+                average.hide()
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta
             )
         before = self.best_score
-        self._apply(decision, running, provisional)
+        if decision in ("init", "hard"):
+            average.restart()
+            self.best_score = running
+        elif decision == "soft":
+            average.commit()  # the ensemble that was scored
+            self.best_score = provisional
+        else:
+            average.discard()
         record = {
             "epoch": epoch,
             "running": running,
@@ -465,16 +476,6 @@ class ASWA(AveragingCallback):
             math.nan if self.best_score is None else self.best_score
         )
         logs["aswa_size"] = self.ensemble_size
-
-    def _apply(self, decision, running, provisional):
-        if decision in ("init", "hard"):
-            self._average.restart()
-            self.best_score = running
-        elif decision == "soft":
-            self._average.commit()  # the ensemble that was scored
-            self.best_score = provisional
-        else:
-            self._average.discard()
 
     def _config(self):
         return {

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_aswa import internals, kernels, lora, selection
-from keras_aswa.averaging import WeightAverage
+from keras_aswa.averaging import WeightAverage, check_offload
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.peers import check_peers
@@ -75,7 +75,7 @@ class AveragingCallback(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        WeightAverage([], offload=offload)  # checks the value now
+        check_offload(offload)
         selection.check_argument(variables)
         update_freq = arguments.update_frequency("update_freq", update_freq)
         if batchnorm not in BATCHNORM_MODES:
@@ -233,15 +233,15 @@ class AveragingCallback(keras.callbacks.Callback):
             self._log(logs)  # the state after the epoch's last check
         if self.swap_on_epoch and self._average is not None and not self._average.empty:
             internals.sync_model(self)
-            self._average.swap_in()
+            self._average.show_ensemble()
 
     def _swap_out(self) -> bool:
         """Puts the running weights back where the model holds the average
         (`swap_on_epoch`); whether it did."""
-        if self._average is None or not self._average.swapped_in:
+        if self._average is None or not self._average.showing:
             return False
         internals.sync_model(self)
-        self._average.swap_out()
+        self._average.hide()
         return True
 
     def on_train_end(self, logs=None):
@@ -537,14 +537,7 @@ class AveragingCallback(keras.callbacks.Callback):
         copied. 0 before the first `fit`, and from the start of each `fit`
         until its first snapshot.
         """
-        average = self._average
-        if average is None or average.empty:
-            return 0
-        return sum(
-            int(np.prod(v.shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            for v, dtype in zip(average.variables, average.dtypes, strict=True)
-            if dtype is not None
-        )
+        return 0 if self._average is None else self._average.nbytes()
 
     def ensemble_weights(self) -> list[np.ndarray]:
         """The averaged weights, one numpy array per entry of `model.weights`.
