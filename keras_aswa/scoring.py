@@ -38,8 +38,16 @@ _CACHED_BYTES = 256 * 2**20
 class Scorer:
     """How a callback gets its scores. Subclasses implement both methods."""
 
-    def on_train_begin(self, model) -> None:
-        """Checks what can be checked before training; resets per-fit state."""
+    def on_train_begin(self, model, fit: dict | None = None) -> None:
+        """Checks what can be checked before training; resets per-fit state.
+
+        Args:
+            model: The model `fit` trains.
+            fit: `fit`'s locals (`internals.fit_locals`), None when unknown.
+        """
+
+    def on_train_end(self) -> None:
+        """Lets go of what belongs to the fit that ended."""
 
     def warm_up(self, model) -> None:
         """Scores once on the least data that compiles what a check runs."""
@@ -88,6 +96,13 @@ class FitValidation(Scorer):
                 "as 'val_loss' or 'val_accuracy', or pass `score_fn`."
             )
         self.monitor = monitor
+        self._fit = None
+
+    def on_train_begin(self, model, fit=None):
+        self._fit = fit
+
+    def on_train_end(self):
+        self._fit = None  # fit's locals hold its data
 
     def running(self, model, logs):
         if self.monitor in logs:
@@ -108,7 +123,7 @@ class FitValidation(Scorer):
         if results is None:
             # Elsewhere (an epoch end replayed after a resume), on the same
             # data with the same batching.
-            arguments = internals.fit_validation(model)
+            arguments = internals.fit_validation(self._fit)
             if arguments is None:
                 raise RuntimeError(
                     "keras_aswa cannot find fit's validation data in this "
@@ -201,7 +216,7 @@ class DataValidation(Scorer):
             )
         return n
 
-    def on_train_begin(self, model):
+    def on_train_begin(self, model, fit=None):
         self._test_function = None  # a new fit, maybe another model
         self._cache = None
         x, y, _ = unpack_x_y_sample_weight(self.data)

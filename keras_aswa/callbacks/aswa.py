@@ -252,7 +252,6 @@ class ASWA(AveragingCallback):
         self.score_fn = score_fn
         self.check_budget = arguments.share("check_budget", check_budget)
         self._scorer = self._make_scorer()
-        self._reset()
 
     __deepcopy__ = arguments.deepcopy_sharing_data
 
@@ -279,7 +278,8 @@ class ASWA(AveragingCallback):
             )
         return FitValidation(self.monitor)
 
-    def _reset(self):
+    def _reset_fit(self):
+        super()._reset_fit()
         self.best_score: float | None = None
         self._direction = None
         self._warm_up_seconds = 0.0
@@ -289,12 +289,11 @@ class ASWA(AveragingCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._reset()
         model = self.model
-        self._scorer.on_train_begin(model)
+        self._scorer.on_train_begin(model, self._fit)
         if (
             isinstance(self._scorer, FitValidation)
-            and internals.fit_has_validation(model) is False
+            and internals.fit_has_validation(self._fit) is False
         ):
             raise ValueError(
                 "ASWA needs a validation score, and this fit has none. Pass "
@@ -311,6 +310,10 @@ class ASWA(AveragingCallback):
         if self.update_freq != "epoch" and model.built:
             self._warm_up(model)
         self._warn_if_no_check()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self._scorer.on_train_end()
 
     def _warm_up(self, model) -> None:
         """Compiles the evaluation and the averaging now, outside the
@@ -467,7 +470,7 @@ class ASWA(AveragingCallback):
         if not isinstance(self._scorer, FitValidation):
             return {}
         model = self.model
-        if not internals.fit_validates_at(model, epoch):
+        if not internals.fit_validates_at(self._fit, epoch):
             return {}
         return {self.monitor: self._scorer.current(model)}
 
@@ -490,7 +493,7 @@ class ASWA(AveragingCallback):
         steps = self._chosen.get("validation_steps")
         return {"best_score": self.best_score, "validation_steps": steps}
 
-    def _restore_state(self, meta):
+    def _load_state(self, meta):
         self.best_score = meta["best_score"]
         if meta.get("validation_steps") is not None:
             # The K that "auto" chose in the run that wrote the state.
