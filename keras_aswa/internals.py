@@ -21,10 +21,13 @@ import keras
 # nor which other callbacks run beside them. All of it sits in `fit`'s own
 # frame: by the time `on_train_begin` runs, `validation_split` has become
 # `validation_data`, and `callbacks` is the `CallbackList`, on every backend.
+# A callback looks once a fit (`fit_locals`) and asks the functions below
+# about that snapshot.
 
 
 def fit_locals(model) -> dict | None:
-    """The local variables of the `fit` call training `model`.
+    """The local variables of the `fit` call training `model`, walking the
+    stack to its frame.
 
     Stands in for: a public record of `fit`'s arguments (none exists).
 
@@ -44,26 +47,26 @@ def fit_locals(model) -> dict | None:
         del frame
 
 
-def fit_has_validation(model) -> bool | None:
-    """Whether the running `fit` validates; None when that cannot be known."""
-    found = fit_locals(model)
+def fit_has_validation(found: dict | None) -> bool | None:
+    """Whether the `fit` of `found` (its locals) validates; None when that
+    cannot be known."""
     if found is None or "validation_data" not in found:
         return None
     return found["validation_data"] is not None
 
 
-def fit_callbacks(model) -> list:
-    """The callbacks of the running `fit`, in order (empty when unknown)."""
-    found = fit_locals(model) or {}
+def fit_callbacks(found: dict | None) -> list:
+    """The callbacks of the `fit` of `found`, in order (empty when unknown)."""
+    found = found or {}
     return list(getattr(found.get("callbacks"), "callbacks", None) or [])
 
 
-def fit_batch_size(model) -> int | None:
-    """The batch size of the running `fit` (None when unknown or not given)."""
-    return (fit_locals(model) or {}).get("batch_size")
+def fit_batch_size(found: dict | None) -> int | None:
+    """The batch size of the `fit` of `found` (None when unknown or not given)."""
+    return (found or {}).get("batch_size")
 
 
-def fit_validation(model) -> dict | None:
+def fit_validation(found: dict | None) -> dict | None:
     """The arguments `fit` evaluates its validation data with.
 
     Stands in for: re-evaluating on `fit`'s validation data outside the epoch
@@ -73,7 +76,7 @@ def fit_validation(model) -> dict | None:
         Keyword arguments for `model.evaluate` that reproduce `fit`'s own
         validation, or None when `fit` has none or they cannot be found.
     """
-    found = fit_locals(model) or {}
+    found = found or {}
     if found.get("validation_data") is None or "val_x" not in found:
         return None
     return {
@@ -85,8 +88,8 @@ def fit_validation(model) -> dict | None:
     }
 
 
-def fit_initial_epoch(model) -> int:
-    """The epoch the running `fit` started at.
+def fit_initial_epoch(model, found: dict | None) -> int:
+    """The epoch the running `fit` (of locals `found`) started at.
 
     Stands in for: a public record of it. `BackupAndRestore` sets
     `model._initial_epoch`, which `fit` prefers to its `initial_epoch`.
@@ -94,7 +97,7 @@ def fit_initial_epoch(model) -> int:
     restored = getattr(model, "_initial_epoch", None)
     if restored is not None:
         return restored
-    return (fit_locals(model) or {}).get("initial_epoch", 0)
+    return (found or {}).get("initial_epoch", 0)
 
 
 # --- A callback's model -------------------------------------------------------
@@ -191,12 +194,12 @@ def undo_first_at_epoch_end(callback) -> None:
         del callback.on_epoch_end  # the instance attribute: the class' method again
 
 
-def fit_validates_at(model, epoch: int) -> bool:
-    """Whether the running `fit` validates at the end of `epoch` (0-based).
+def fit_validates_at(found: dict | None, epoch: int) -> bool:
+    """Whether the `fit` of `found` validates at the end of `epoch` (0-based).
 
     Stands in for: `Trainer._should_eval` with `fit`'s `validation_freq`.
     """
-    found = fit_locals(model) or {}
+    found = found or {}
     if found.get("validation_data") is None:
         return False
     freq = found.get("validation_freq", 1)

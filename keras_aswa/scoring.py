@@ -38,11 +38,16 @@ _CACHED_BYTES = 256 * 2**20
 class Scorer:
     """How a callback gets its scores. Subclasses implement both methods."""
 
-    def on_train_begin(self, model, batch_size: int | None = None) -> None:
+    def on_train_begin(self, model, fit: dict | None = None) -> None:
         """Checks what can be checked before training; resets per-fit state.
 
-        `batch_size`: `fit`'s, where known (arrays may be evaluated in
-        batches that large)."""
+        Args:
+            model: The model `fit` trains.
+            fit: `fit`'s locals (`internals.fit_locals`), None when unknown.
+        """
+
+    def on_train_end(self) -> None:
+        """Lets go of what belongs to the fit that ended."""
 
     def warm_up(self, model, steps: int | None = 1) -> None:
         """Scores once: on `steps` batches where the batches are a choice
@@ -93,6 +98,13 @@ class FitValidation(Scorer):
                 "as 'val_loss' or 'val_accuracy', or pass `score_fn`."
             )
         self.monitor = monitor
+        self._fit = None
+
+    def on_train_begin(self, model, fit=None):
+        self._fit = fit
+
+    def on_train_end(self):
+        self._fit = None  # fit's locals hold its data
 
     def running(self, model, logs):
         if self.monitor in logs:
@@ -113,7 +125,7 @@ class FitValidation(Scorer):
         if results is None:
             # Elsewhere (an epoch end replayed after a resume), on the same
             # data with the same batching.
-            arguments = internals.fit_validation(model)
+            arguments = internals.fit_validation(self._fit)
             if arguments is None:
                 raise RuntimeError(
                     "keras_aswa cannot find fit's validation data in this "
@@ -207,10 +219,11 @@ class DataValidation(Scorer):
             )
         return n
 
-    def on_train_begin(self, model, batch_size=None):
+    def on_train_begin(self, model, fit=None):
         self._test_function = None  # a new fit, maybe another model
         self._cache = None
-        self._fit_batch_size = batch_size
+        # Arrays may be evaluated in batches as large as fit's.
+        self._fit_batch_size = internals.fit_batch_size(fit)
         x, y, _ = unpack_x_y_sample_weight(self.data)
         n = self._checked_batches()
         self._steps = self.steps

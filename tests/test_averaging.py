@@ -148,8 +148,8 @@ def test_nothing_to_commit_after_discard_or_a_change():
     avg.update()
     with pytest.raises(RuntimeError, match="No provisional average"):
         avg.commit()
-    avg.swap_in()  # the average itself, not a provisional one
-    avg.swap_out()
+    avg.show_ensemble()  # the average itself, not a provisional one
+    avg.hide()
     with pytest.raises(RuntimeError, match="No provisional average"):
         avg.commit()
 
@@ -236,8 +236,8 @@ def test_float64_variables_accumulate_in_float64():
     quietly(avg.restart)
     v.assign(np.array([1.0 + 1e-12, 4.0]))
     quietly(avg.update)
-    quietly(avg.swap_in)
-    quietly(avg.swap_out)
+    quietly(avg.show_ensemble)
+    quietly(avg.hide)
     quietly(avg.apply)
     result = avg.numpy()[0]
     assert result.dtype == np.dtype(expected)
@@ -400,7 +400,7 @@ def test_warm_up_leaves_variables_bit_for_bit_and_the_average_empty(dtype, offlo
     after = [np.asarray(a).view(np.uint8) for a in numpy_of(vs)]
     for b, a in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert avg.empty and avg.count == 0 and not avg.swapped_in
+    assert avg.empty and avg.count == 0 and not avg.showing
     with pytest.raises(RuntimeError, match="no member yet"):
         avg.numpy()
     # Then it averages as a fresh one does: the mean of what it was shown.

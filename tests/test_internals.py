@@ -23,15 +23,15 @@ class Probe(keras.callbacks.Callback):
     """Calls the `fit` probes from inside a running fit."""
 
     def on_train_begin(self, logs=None):
-        model = self.model
-        self.has_validation = internals.fit_has_validation(model)
-        self.callbacks = internals.fit_callbacks(model)
-        self.batch_size = internals.fit_batch_size(model)
-        self.validation = internals.fit_validation(model)
+        self.found = found = internals.fit_locals(self.model)
+        self.has_validation = internals.fit_has_validation(found)
+        self.callbacks = internals.fit_callbacks(found)
+        self.batch_size = internals.fit_batch_size(found)
+        self.validation = internals.fit_validation(found)
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        self.validates = [internals.fit_validates_at(model, e) for e in range(4)]
+        self.validates = [internals.fit_validates_at(self.found, e) for e in range(4)]
         self.cached = internals.evaluate_fit_validation(model)
 
 
@@ -81,10 +81,11 @@ def test_validation_schedule_and_cached_evaluation(probe):
 
 def test_no_fit_frame_fails_open():
     model = regression_model()
-    assert internals.fit_locals(model) is None
-    assert internals.fit_has_validation(model) is None
-    assert internals.fit_callbacks(model) == []
-    assert internals.fit_validation(model) is None
+    found = internals.fit_locals(model)
+    assert found is None
+    assert internals.fit_has_validation(found) is None
+    assert internals.fit_callbacks(found) == []
+    assert internals.fit_validation(found) is None
 
 
 def test_layers_and_call_signature():
@@ -198,7 +199,10 @@ def test_backup_and_restore_record_and_epoch(tmp_path):
 
         def on_train_end(self, logs=None):
             seen["position"] = internals.backup_position(backup)
-            seen["start"] = internals.fit_initial_epoch(self.model)
+            model = self.model
+            seen["start"] = internals.fit_initial_epoch(
+                model, internals.fit_locals(model)
+            )
 
     (x, y), _ = regression_data()
     model = regression_model()

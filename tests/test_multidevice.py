@@ -192,17 +192,15 @@ if BACKEND == "jax":
         # The running weights kept while the provisional ensemble is scored,
         # and the provisional ensemble written in, keep their layout too.
         average = aswa._average
-        average.swap_in(provisional=True)
+        store = average.store  # what it holds beside the ensemble
+        average.show_provisional()
         try:
-            kept = average.held()["running"]
-            for v, saved in zip(average.variables, kept, strict=True):
-                if saved is not None:
-                    assert saved.sharding.spec == v.value.sharding.spec, v.path
+            for v, saved in zip(store.variables, store.running, strict=True):
+                assert saved.sharding.spec == v.value.sharding.spec, v.path
         finally:
-            average.swap_out()
+            average.hide()
         # So does the provisional ensemble kept for adoption (`commit`).
-        pending = average.held()["provisional"]
-        for v, kept in zip(average.variables, pending, strict=True):
+        for v, kept in zip(store.variables, store.pending, strict=True):
             if kept is not None:
                 assert kept.sharding.spec == v.value.sharding.spec, v.path
         average.discard()

@@ -102,7 +102,7 @@ def test_aswa_averages_in_float32_and_rounds_once(policy):
     def rising(m):
         # A score that always improves: every provisional ensemble wins (a
         # soft update each epoch), so the ensemble averages every snapshot.
-        kept = aswa._average.held()["running"]
+        kept = aswa._average.store.running
         if kept:  # scoring the provisional ensemble: the running weights wait
             saved_dtypes.update(
                 keras.backend.standardize_dtype(t.dtype) for t in kept if t is not None

@@ -177,5 +177,5 @@ def test_arrays_are_evaluated_in_batches_as_large_as_fits(fit_batch_size, batche
     expected = model.evaluate(x[:80], y[:80], sample_weight=w[:80], verbose=0)[0]
     for monitor, value in (("val_loss", expected), ("val_batch_count", batches)):
         scorer = DataValidation(monitor, (x, y, w), batch_size=16, steps=5)
-        scorer.on_train_begin(model, fit_batch_size)
+        scorer.on_train_begin(model, {"batch_size": fit_batch_size})
         assert scorer.current(model) == pytest.approx(value, rel=1e-6)

@@ -66,15 +66,16 @@ def bookkeeping(model, reps: int) -> dict:
     # the provisional ensemble kept for `commit` afterwards.
     held = {"ensemble": ensemble_bytes(), "during": 0, "after": 0}
 
-    def kept(key):
-        return sum(_nbytes(x) for x in average.held()[key] or [] if x is not None)
+    def kept(key):  # the store's running values, or its pending average
+        held = getattr(average.store, key) or []
+        return sum(_nbytes(x) for x in held if x is not None)
 
     def provisional():
         with average.provisional():
             block(values())
             during = ensemble_bytes() + kept("running")
         block(values())
-        after = ensemble_bytes() + kept("provisional")
+        after = ensemble_bytes() + kept("pending")
         held["during"] = max(held["during"], during)
         held["after"] = max(held["after"], after)
 

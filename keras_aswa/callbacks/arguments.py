@@ -194,7 +194,7 @@ def _length(data) -> int | None:
 
 
 # Data and functions a callback only refers to: a copy refers to the same.
-SHARED = ("validation_data", "batchnorm_data", "score_fn", "_model", "_average")
+SHARED = ("validation_data", "batchnorm_data", "score_fn", "_model", "_fit", "_average")
 
 
 def deepcopy_sharing_data(callback, memo: dict):

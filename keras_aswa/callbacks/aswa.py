@@ -257,7 +257,6 @@ class ASWA(AveragingCallback):
         self.score_fn = score_fn
         self.check_budget = arguments.share("check_budget", check_budget)
         self._scorer = self._make_scorer()
-        self._reset()
 
     __deepcopy__ = arguments.deepcopy_sharing_data
 
@@ -284,7 +283,8 @@ class ASWA(AveragingCallback):
             )
         return FitValidation(self.monitor)
 
-    def _reset(self):
+    def _reset_fit(self):
+        super()._reset_fit()
         self.best_score: float | None = None
         self._direction = None
         self._warm_up_seconds = 0.0
@@ -295,12 +295,11 @@ class ASWA(AveragingCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._reset()
         model = self.model
-        self._scorer.on_train_begin(model, internals.fit_batch_size(model))
+        self._scorer.on_train_begin(model, self._fit)
         if (
             isinstance(self._scorer, FitValidation)
-            and internals.fit_has_validation(model) is False
+            and internals.fit_has_validation(self._fit) is False
         ):
             raise ValueError(
                 "ASWA needs a validation score, and this fit has none. Pass "
@@ -318,10 +317,14 @@ class ASWA(AveragingCallback):
             self._warm_up(model)
         self._warn_if_no_check()
 
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self._scorer.on_train_end()
+
     def _warm_up(self, model) -> None:
         """Compiles the evaluation and the averaging now, outside the
-        training whose share the checks count; with "auto", a second
-        evaluation, compiled, times it."""
+        training whose share the checks count; with "auto", times the
+        evaluation too."""
         with rng_preserved():  # the batch order must not change
             start = time.perf_counter()
             self._scorer.warm_up(model)
@@ -463,17 +466,28 @@ class ASWA(AveragingCallback):
             # its batch logs are no validation (the progress bar would show
             # a K-batch score as fit's val_loss).
             logs[self.monitor] = running
+        average = self._average
         provisional = None
-        if running is None or self._average.empty:
+        if running is None or average.empty:
             decision = decide(running, None, None, self._direction, initialised=False)
         else:
-            with self._average.provisional():
+            average.show_provisional()
+            try:
                 provisional = self._scorer.current(model)
+            finally:
+                average.hide()
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta
             )
         before = self.best_score
-        self._apply(decision, running, provisional)
+        if decision in ("init", "hard"):
+            average.restart()
+            self.best_score = running
+        elif decision == "soft":
+            average.commit()  # the ensemble that was scored
+            self.best_score = provisional
+        else:
+            average.discard()
         record = {
             "epoch": epoch,
             "running": running,
@@ -495,7 +509,7 @@ class ASWA(AveragingCallback):
         if not isinstance(self._scorer, FitValidation):
             return {}
         model = self.model
-        if not internals.fit_validates_at(model, epoch):
+        if not internals.fit_validates_at(self._fit, epoch):
             return {}
         return {self.monitor: self._scorer.current(model)}
 
@@ -504,16 +518,6 @@ class ASWA(AveragingCallback):
             math.nan if self.best_score is None else self.best_score
         )
         logs["aswa_size"] = self.ensemble_size
-
-    def _apply(self, decision, running, provisional):
-        if decision in ("init", "hard"):
-            self._average.restart()
-            self.best_score = running
-        elif decision == "soft":
-            self._average.commit()  # the ensemble that was scored
-            self.best_score = provisional
-        else:
-            self._average.discard()
 
     def _config(self):
         return {
@@ -528,7 +532,7 @@ class ASWA(AveragingCallback):
         steps = self._chosen.get("validation_steps")
         return {"best_score": self.best_score, "validation_steps": steps}
 
-    def _restore_state(self, meta):
+    def _load_state(self, meta):
         self.best_score = meta["best_score"]
         if meta.get("validation_steps") is not None:
             # The K that "auto" chose in the run that wrote the state.

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_aswa import internals, kernels, lora, selection
-from keras_aswa.averaging import WeightAverage
+from keras_aswa.averaging import WeightAverage, check_offload
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.peers import check_peers
@@ -28,9 +28,11 @@ class AveragingCallback(keras.callbacks.Callback):
 
     Subclasses hold the policy (`_decide`: fold the current weights in, or
     not); this class decides when it runs (every epoch end, or every
-    `update_freq` training batches), which variables are averaged, resumes
-    and saves the state, writes the average into the model when training
-    ends (with `restore_best`), and exposes it.
+    `update_freq` training batches: `_act`), which variables are averaged
+    (`_engine`), resumes (`_resume`) and saves the state, writes the average
+    into the model when training ends (with `restore_best`), and exposes it.
+    Like Keras' `EarlyStopping`, what belongs to one `fit` is declared and
+    reset in one method, `_reset_fit`, at the start of each.
 
     Args:
         restore_best: Whether `on_train_end` writes the average into the
@@ -75,7 +77,7 @@ class AveragingCallback(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        WeightAverage([], offload=offload)  # checks the value now
+        check_offload(offload)
         selection.check_argument(variables)
         update_freq = arguments.update_frequency("update_freq", update_freq)
         if batchnorm not in BATCHNORM_MODES:
@@ -100,8 +102,6 @@ class AveragingCallback(keras.callbacks.Callback):
         self.backup_dir = None if backup_dir is None else str(backup_dir)
         self.offload = offload
         self.verbose = verbose
-        self._average: WeightAverage | None = None
-        self.history: list[dict] = []
         self._reset_fit()
         if self.update_freq != EPOCH:
             # Only step-level callbacks take batch hooks: Keras dispatches the
@@ -113,7 +113,14 @@ class AveragingCallback(keras.callbacks.Callback):
         # kernels, the locked state folder) is not pickled: a pickled
         # callback keeps its arguments and history, as a deep copy does.
         state = self.__dict__.copy()
-        for name in ("_model", "_average", "_resumed", "_store", "_keras_backup"):
+        for name in (
+            "_model",
+            "_fit",
+            "_average",
+            "_resumed",
+            "_store",
+            "_keras_backup",
+        ):
             state[name] = None
         state["_lora"] = []
         return state
@@ -121,7 +128,7 @@ class AveragingCallback(keras.callbacks.Callback):
     # --- fit's lifecycle -----------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if self._swap_out():
+        if self._hide_average():
             # An earlier fit was interrupted between this callback's epoch end
             # and the next epoch: the running weights went back before training.
             warnings.warn(
@@ -130,51 +137,62 @@ class AveragingCallback(keras.callbacks.Callback):
                 "running weights were put back before this fit.",
                 stacklevel=2,
             )
-        model = self.model
-        callbacks = internals.fit_callbacks(model)
-        check_peers(self, callbacks, getattr(model, "optimizer", None))
         # One instance may serve several fits: each starts afresh, and chooses
         # its variables anew (a layer may have been (un)frozen in between).
         self._reset_fit()
-        self.history = []
-        self._batch_size = internals.fit_batch_size(model) or 32
+        model = self.model
+        self._fit = internals.fit_locals(model)  # the one look at fit's frame
+        callbacks = internals.fit_callbacks(self._fit)
+        check_peers(self, callbacks, getattr(model, "optimizer", None))
+        self._batch_size = internals.fit_batch_size(self._fit) or 32
         self._keras_backup = next(
             (c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)),
             None,
         )
         if self.backup_dir is not None:
-            # Read (and checked) now, so that a bad file stops fit before
-            # training; which generation applies is known once Keras'
-            # BackupAndRestore has restored (in its own on_train_begin).
-            self._store = StateStore(self.backup_dir)
-            if is_chief(internals.unsynced_model(self)):
-                self._store.lock()
-            self._store.load(tidy=is_chief(internals.unsynced_model(self)))
-            for _, meta in self._store.generations:
-                self._check_state(meta)
-            # Keras merges LoRA adapters into their bases when it saves: the
-            # bases are kept, to be put back after it restores.
-            self._lora = lora.parts(model)
-            if is_chief(internals.unsynced_model(self)):
-                lora.save_bases(self._lora, self.backup_dir)
-                backup = self._keras_backup
-                if (
-                    self._lora
-                    and self.update_freq == EPOCH
-                    and backup is not None
-                    and callbacks.index(backup) < callbacks.index(self)
-                ):
-                    internals.run_first_at_epoch_end(backup, self._save_adapters)
+            self._open_state(model, callbacks)
         if model.built and model.weights:
             self._engine()  # a model built later (TF, no Input) waits
+
+    def _open_state(self, model, callbacks: list) -> None:
+        """Locks `backup_dir` and reads (and checks) the state there.
+
+        Read now, so that a bad file stops fit before training; which
+        generation applies is known once Keras' BackupAndRestore has restored
+        (in its own on_train_begin): `_resume` picks it.
+        """
+        chief = is_chief(internals.unsynced_model(self))
+        self._store = StateStore(self.backup_dir)
+        if chief:
+            self._store.lock()
+        self._store.load(tidy=chief)
+        for _, meta in self._store.generations:
+            self._check_state(meta)
+        # Keras merges LoRA adapters into their bases when it saves: the
+        # bases are kept, to be put back after it restores.
+        self._lora = lora.parts(model)
+        if chief:
+            lora.save_bases(self._lora, self.backup_dir)
+            backup = self._keras_backup
+            if (
+                self._lora
+                and self.update_freq == EPOCH
+                and backup is not None
+                and callbacks.index(backup) < callbacks.index(self)
+            ):
+                internals.run_first_at_epoch_end(backup, self._save_adapters)
 
     def _save_adapters(self, epoch: int) -> None:
         internals.sync_model(self)
         lora.save_running(self._lora, self.backup_dir, epoch)
 
     def _reset_fit(self) -> None:
-        """The state of one `fit`, set afresh when it begins."""
-        self._average = None
+        """The state of one `fit`, declared here and set afresh when it
+        begins (subclasses extend it)."""
+        self.history: list[dict] = []
+        self._fit: dict | None = None  # fit's locals, looked at once a fit
+        self._batch_size = 32
+        self._average: WeightAverage | None = None
         self._resumed = None  # (arrays, count) for an engine made later
         self._store = None
         self._keras_backup = None
@@ -198,7 +216,7 @@ class AveragingCallback(keras.callbacks.Callback):
         self._last_batch = -1
         self._in_epoch = True
         self._epoch_start = self._step
-        self._swap_out()
+        self._hide_average()
 
     def _count_batches(self, batch, logs=None):
         """`on_train_batch_end` of a step-level callback."""
@@ -233,39 +251,40 @@ class AveragingCallback(keras.callbacks.Callback):
             self._log(logs)  # the state after the epoch's last check
         if self.swap_on_epoch and self._average is not None and not self._average.empty:
             internals.sync_model(self)
-            self._average.swap_in()
+            self._average.show_ensemble()
 
-    def _swap_out(self) -> bool:
+    def _hide_average(self) -> bool:
         """Puts the running weights back where the model holds the average
         (`swap_on_epoch`); whether it did."""
-        if self._average is None or not self._average.swapped_in:
+        if self._average is None or not self._average.showing:
             return False
         internals.sync_model(self)
-        self._average.swap_out()
+        self._average.hide()
         return True
 
     def on_train_end(self, logs=None):
         if self._pending_resume:
             # fit trained no epoch: Keras resumed after the last one. The
             # average it ended with comes back all the same.
-            self._resume(internals.fit_initial_epoch(self.model))
+            self._resume(internals.fit_initial_epoch(self.model, self._fit))
         self._in_epoch = False
         if self._keras_backup is not None:
             internals.undo_first_at_epoch_end(self._keras_backup)
         with rng_preserved():
-            self._swap_out()
+            self._hide_average()
             if self._store is not None and is_chief(internals.unsynced_model(self)):
                 # The run finished: a later fit starts afresh, as with
                 # BackupAndRestore.
                 self._store.clear()
             self._store = None
             if self.restore_best:
-                self._restore_average()
+                self._apply_average()
         self.timing = {
             "fit": time.perf_counter() - self._fit_start,
             "checks": self._check_seconds,
             **self._extra_timing(),
         }
+        self._fit = None  # fit's locals hold its data
         if self.verbose:
             summary = self._summary()
             if summary:
@@ -314,11 +333,12 @@ class AveragingCallback(keras.callbacks.Callback):
         """What a subclass keeps beyond the average and the history."""
         return {}
 
-    def _restore_state(self, meta: dict) -> None:
+    def _load_state(self, meta: dict) -> None:
         """Reads back what `_state_meta` kept."""
 
     def _engine(self) -> WeightAverage:
-        """The average of this fit, made when the model has its variables."""
+        """The average of this fit, made (in this one place) when the model
+        has its variables, with the state `_resume` picked loaded into it."""
         if self._average is None:
             model = self.model
             held = selection.averaged_variables(model, self.variables)
@@ -335,9 +355,9 @@ class AveragingCallback(keras.callbacks.Callback):
             if self._store is not None:
                 for _, meta in self._store.generations:
                     self._check_signature(meta)
-            if self._resumed is not None:
-                self._average.load(*self._resumed)
-                self._resumed = None
+        if self._resumed is not None:
+            self._average.load(*self._resumed)
+            self._resumed = None
         return self._average
 
     def _steps_per_epoch(self) -> int | None:
@@ -393,7 +413,7 @@ class AveragingCallback(keras.callbacks.Callback):
         self._resumed = (found.arrays, meta["count"]) if meta["count"] else None
         self.history = [dict(record) for record in meta["history"]]
         if meta is not EMPTY:
-            self._restore_state(meta)
+            self._load_state(meta)
         self._store.drop_after(meta)
         self._step = self._epoch_start = found.batches or 0
         if meta.get("every"):
@@ -414,9 +434,8 @@ class AveragingCallback(keras.callbacks.Callback):
                 running = lora.load_running(self.backup_dir, found.replay)
             internals.sync_model(self)
             lora.unmerge(self._lora, self.backup_dir, running)
-        if self._average is not None and self._resumed is not None:
-            self._average.load(*self._resumed)
-            self._resumed = None
+        if self._average is not None:
+            self._engine()  # loads it now (an average made later, when made)
         if self.update_freq == EPOCH and found.replay is not None:
             self._act(found.replay, None, self._replayed_logs(found.replay))
         elif found.replay is not None:
@@ -493,7 +512,7 @@ class AveragingCallback(keras.callbacks.Callback):
 
     # --- the end and the public API ------------------------------------------
 
-    def _restore_average(self):
+    def _apply_average(self):
         if self._average is None or self._average.empty:
             warnings.warn(
                 f"{type(self).__name__} averaged no epoch, so the model keeps "
@@ -537,14 +556,7 @@ class AveragingCallback(keras.callbacks.Callback):
         copied. 0 before the first `fit`, and from the start of each `fit`
         until its first snapshot.
         """
-        average = self._average
-        if average is None or average.empty:
-            return 0
-        return sum(
-            int(np.prod(v.shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            for v, dtype in zip(average.variables, average.dtypes, strict=True)
-            if dtype is not None
-        )
+        return 0 if self._average is None else self._average.nbytes()
 
     def ensemble_weights(self) -> list[np.ndarray]:
         """The averaged weights, one numpy array per entry of `model.weights`.

@@ -178,6 +178,10 @@ class SWA(AveragingCallback):
         warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
         self.restore_best = value
 
+    def _reset_fit(self):
+        super()._reset_fit()
+        self._first_epoch = 0  # start_from_epoch as an index, in on_train_begin
+
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._first_epoch = self.start_from_epoch
