@@ -49,9 +49,9 @@ def expected_choice(chosen, check_budget, steps, k_there):
         k = min(k_there, 32, affordable(steps // 8))
     elif affordable(floor_every) >= min(k_there, 8):  # two at least
         k = min(k_there, 8)
-    else:  # one check an epoch, on 8 batches or as many as it affords
+    else:  # one check an epoch on 8 batches, over the budget if need be
         floor_every = steps
-        k = max(1, min(k_there, 8, affordable(floor_every)))
+        k = min(k_there, 8)
     every = floor_every
     if rate > 0:
         check = 2 * (fixed + per_batch * k)
@@ -100,12 +100,13 @@ def test_auto_chooses_n_and_k_by_its_rule(model, budget, there):
     assert aswa.timing["checks"] > 0
 
 
-def test_auto_within_a_tiny_budget_checks_once_an_epoch_on_one_batch():
-    # Not even one check an epoch (of 32 batches) on one batch fits: the
-    # floor, which is over the budget.
-    aswa = ASWA(update_freq="auto", validation_data=(XV, YV), check_budget=1e-9)
+def test_auto_within_a_tiny_budget_checks_once_an_epoch_on_8_batches():
+    # Not even one check an epoch (of 32 batches) fits: the floor, one check
+    # an epoch on 8 of the 16 validation batches, over the budget.
+    xv, yv = np.tile(XV, (2, 1)), np.tile(YV, (2, 1))
+    aswa = ASWA(update_freq="auto", validation_data=(xv, yv), check_budget=1e-9)
     fit([aswa])
-    assert (aswa.update_every, aswa._chosen["validation_steps"]) == (32, 1)
+    assert (aswa.update_every, aswa._chosen["validation_steps"]) == (32, 8)
 
 
 class Subclassed(keras.Model):

@@ -106,8 +106,9 @@ class ASWA(AveragingCallback):
             the fewest batches whose share of the budget covers a check (two
             evaluations of `K` batches), at most half an epoch. Where two
             checks an epoch on 8 batches exceed the budget, there is one an
-            epoch (`N` at most an epoch), on 8 batches, or on fewer (one at
-            least) where even that exceeds it.
+            epoch (`N` at most an epoch) on 8 batches, even where that
+            exceeds the budget (short epochs): a check costs then at most
+            what validating every epoch on 8 batches costs.
             Where the epoch's length is unknown, `K` is all the batches (at
             most 32) and `N` is not capped. Checks fall at the multiples of
             `N` from the batch where it is chosen on. `start_from_epoch`
@@ -424,8 +425,11 @@ class ASWA(AveragingCallback):
             elif affordable(floor_every) >= fewest:
                 batches = fewest
             else:
+                # Over the budget rather than on fewer batches: on one batch
+                # of 32 images, once an epoch, the checks chose worse than
+                # the last model (the quality benchmark's fine-tuning runs).
                 floor_every = steps
-                batches = max(1, min(fewest, affordable(steps)))
+                batches = fewest
             self._scorer.limit(batches)
         check = check_seconds(batches or 1)
         every = floor_every or 1
