@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from benchmarks.quality.config import Config, metric_names
+from benchmarks.quality.regimes_report import render_regimes_markdown
 from benchmarks.quality.report import render_markdown
 from benchmarks.quality.results import history_columns, write_json
 from benchmarks.quality.stats import summarize
@@ -50,6 +51,20 @@ def rerender(out: Path, include: list[str], steps: bool = False) -> dict:
     return result
 
 
+def rerender_regimes(out: Path, include: list[str]) -> dict:
+    """Re-renders quality-regimes.md from quality-regimes.json, merging other
+    backends' regime runs (and smoke runs) given in `include`, each into a
+    section of its own."""
+    result = json.loads((out / "quality-regimes.json").read_text())
+    for path in include:
+        res = json.loads(Path(path).read_text())
+        section = "smoke_runs" if res["smoke"] else "other_backends"
+        result.setdefault(section, {})[res["environment"]["backend"]] = res
+    write_json(result, out / "quality-regimes.json")
+    (out / "quality-regimes.md").write_text(render_regimes_markdown(result, out))
+    return result
+
+
 def _merge_steps(result: dict, path: str) -> None:
     """Joins the step-level run at `path` into `result`.
 
@@ -70,7 +85,9 @@ def _merge_steps(result: dict, path: str) -> None:
         mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
         mine["records"].sort(key=lambda r: r["seed"])
         cfg = Config(**mine["config"])
-        mine["summary"] = summarize(mine["records"], metric_names(cfg), cfg.methods)
+        mine["summary"] = summarize(
+            mine["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
+        )
         mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
     env = res["environment"]
     result.setdefault("other_runs", []).append(
