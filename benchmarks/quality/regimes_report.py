@@ -266,6 +266,13 @@ def render_regimes_markdown(result: dict, out: Path) -> str:
             f"- {backend}: `{run['command']}`; seeds {run['seeds']}; {run['date']}; "
             f"{run['runtime_seconds'] / 60:.1f} min"
         )
+    for run in [result, *others.values()]:
+        for extra in run.get("other_runs", []):
+            lines.append(
+                f"- {run['environment']['backend']}, {', '.join(extra['configs'])}: "
+                f"from a separate run, `{extra['command']}`; seeds {extra['seeds']}; "
+                f"{extra['date']}; {extra['runtime_seconds'] / 60:.1f} min"
+            )
     lines += ["", *_setup()]
     for run in [result, *others.values()]:
         lines += [f"## {run['environment']['backend']}", ""]

@@ -52,14 +52,35 @@ def rerender(out: Path, include: list[str], steps: bool = False) -> dict:
 
 
 def rerender_regimes(out: Path, include: list[str]) -> dict:
-    """Re-renders quality-regimes.md from quality-regimes.json, merging other
-    backends' regime runs (and smoke runs) given in `include`, each into a
-    section of its own."""
+    """Re-renders quality-regimes.md from quality-regimes.json, merging the
+    regime runs (and smoke runs) given in `include`: another backend's into
+    a section of its own, a run on a backend already in the report into that
+    backend's configurations (the configurations must be new)."""
     result = json.loads((out / "quality-regimes.json").read_text())
     for path in include:
         res = json.loads(Path(path).read_text())
-        section = "smoke_runs" if res["smoke"] else "other_backends"
-        result.setdefault(section, {})[res["environment"]["backend"]] = res
+        backend = res["environment"]["backend"]
+        if res["smoke"]:
+            result.setdefault("smoke_runs", {})[backend] = res
+            continue
+        others = result.setdefault("other_backends", {})
+        # A run on a backend already here adds its configurations to that
+        # backend's (e.g. a regime run apart); another backend's is its own.
+        mine = result if result["environment"]["backend"] == backend else None
+        mine = mine or others.get(backend)
+        if mine is None:
+            others[backend] = res
+            continue
+        clash = set(res["configs"]) & set(mine["configs"])
+        if clash:
+            raise ValueError(f"{path}: {sorted(clash)} are in the report already")
+        mine["configs"].update(res["configs"])
+        mine.setdefault("other_runs", []).append(
+            {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
+            | {"configs": list(res["configs"])}
+        )
+    if not result.get("other_backends"):
+        result.pop("other_backends", None)
     write_json(result, out / "quality-regimes.json")
     (out / "quality-regimes.md").write_text(render_regimes_markdown(result, out))
     return result

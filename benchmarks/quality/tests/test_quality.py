@@ -410,6 +410,21 @@ def test_regimes_report_rerenders_and_merges(smoke, tmp_path):
     md = (tmp_path / "quality-regimes.md").read_text()
     assert md.count("### Fine-tuning a pretrained CNN") == 2
     assert "\n## other\n" in md
+    # A run on a backend already in the report joins its configurations.
+    apart = json.loads((out / "quality-regimes.json").read_text())
+    apart["smoke"] = False
+    apart["configs"] = {
+        "x/mlp-apart": next(iter(apart["configs"].values())),
+    }
+    apart["command"] = "python -m benchmarks.quality --regime rich --only x"
+    (tmp_path / "apart.json").write_text(json.dumps(apart))
+    args = ["--report", "--regime", "all", "--out", str(tmp_path)]
+    merged = main([*args, "--include", str(tmp_path / "apart.json")])
+    assert "x/mlp-apart" in merged["configs"]
+    md = (tmp_path / "quality-regimes.md").read_text()
+    assert "x/mlp-apart: from a separate run, `python -m benchmarks.quality" in md
+    with pytest.raises(ValueError, match="in the report already"):
+        main([*args, "--include", str(tmp_path / "apart.json")])
 
 
 def test_unknown_regime_is_an_error():
