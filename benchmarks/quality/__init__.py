@@ -19,10 +19,23 @@ benchmarks/results/quality-steps.json/.md)::
     python -m benchmarks.quality --steps --backend tensorflow --seeds 1-5 \\
         --timing-repeats 2 --out benchmarks/results
 
-Smoke run (every data set, model and method; tiny data, 3 epochs; <1 min;
-writes benchmarks/out/smoke-<backend>)::
+Smoke run (every data set, model and method, then every regime into
+quality-regimes.json; tiny data, 3 epochs; 1-2 min; writes
+benchmarks/out/smoke-<backend>)::
 
     python -m benchmarks.quality --smoke --backend torch
+
+The regimes study (`--regime`, any of finetune, small, rich, or all):
+fine-tuning a pretrained CNN (full, frozen backbone, LoRA; two learning
+rates each), small data (2,000 images, val_loss and val_accuracy) and the
+data-rich Fashion-MNIST grid, with two more baselines read off the same run
+(``best_step``, ``ema_tuned``); writes OUT/quality-regimes.json/.md::
+
+    python -m benchmarks.quality --regime finetune,small --backend tensorflow \
+        --seeds 1-5 --out benchmarks/out/regimes-tensorflow
+    python -m benchmarks.quality --report --regime all \
+        --out benchmarks/out/regimes-tensorflow \
+        --include benchmarks/out/regimes-jax/quality-regimes.json
 
 Re-render the report from its JSON (no Keras needed), merging the runs above::
 
@@ -41,6 +54,11 @@ What is compared, per data set, model and seed (same data, seed and epochs):
 - ``aswa_n<N>`` (Fashion-MNIST): ``ASWA(update_freq=N)``, deciding every N
   training batches on the first 20 validation batches, on val_loss;
   ``aswa_auto``: ``ASWA(update_freq="auto")``, N and K its own choice.
+- in the regimes study also ``best_step``: the best running model among
+  ``aswa_auto``'s checks (early stopping at step granularity, the same
+  batches and monitor), and ``ema_tuned``: the EMA at the momentum of 0.9,
+  0.99, 0.999 that scores best on validation (``MultiEMA`` tracks all three
+  beside the optimizer's own).
 
 None of them changes the training trajectory, so all five are read off ONE
 training run per seed (EMA shadow on the optimizer, ASWA/SWA without
@@ -56,6 +74,8 @@ knowledge graphs as in the reference setting).
 
 The package, one job a module: `config` (the grid), `training` (data,
 models, callbacks) and `measure` (one run per seed, checks, timings) under
-`run`; `stats`, `results`, `report`, `steps_report` and `rerender` turn the
-JSON into the reports and import no Keras; `__main__` is the command line.
+`run`, `regimes` (the regimes' data splits); `stats`, `results`, `report`,
+`steps_report`, `regimes_report` and `rerender` turn the JSON into the
+reports and import no Keras; `__main__` is the command line; `lr_sweep`
+chose the fine-tuning learning rates.
 """

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.quality.config import DATASETS, parse_seeds
+from benchmarks.quality.config import DATASETS, REGIMES, parse_seeds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
         "runs; writes OUT/quality-steps.json/.md",
     )
     parser.add_argument(
+        "--regime",
+        default=None,
+        help=f"the regimes study: comma-separated, from {REGIMES}, or all; "
+        "writes OUT/quality-regimes.json/.md (with --report: re-renders it). "
+        "--smoke without it runs the classic grid and then every regime",
+    )
+    parser.add_argument(
         "--include",
         "--include-smoke",
         nargs="*",
@@ -88,12 +95,45 @@ def main(argv: list[str] | None = None) -> dict:
         f"benchmarks/out/smoke-{backend}" if args.smoke else "benchmarks/results"
     )
     if args.report:
-        from benchmarks.quality.rerender import rerender
+        from benchmarks.quality.rerender import rerender, rerender_regimes
 
+        if args.regime:
+            return rerender_regimes(out, args.include)
         return rerender(out, args.include, args.steps)
     from benchmarks.quality.run import run
 
     seeds = parse_seeds(args.seeds or ("1" if args.smoke else "1-5"))
+    command = "python -m benchmarks.quality " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    regimes = None
+    if args.regime:
+        regimes = REGIMES if args.regime == "all" else args.regime.split(",")
+        unknown = set(regimes) - set(REGIMES)
+        if unknown:
+            parser.error(f"unknown regime(s) {sorted(unknown)}; have {REGIMES}")
+    elif args.smoke and not (args.steps or args.only or args.datasets):
+        # The smoke run covers every regime too (quality-regimes.json).
+        run(
+            smoke=True,
+            seeds=seeds,
+            datasets=[],
+            out=out,
+            img_dir=out / "img",
+            regimes=REGIMES,
+            command=command,
+        )
+    if regimes:
+        return run(
+            smoke=args.smoke,
+            seeds=seeds,
+            datasets=[],
+            out=out,
+            img_dir=out / "img",
+            only=args.only.split(",") if args.only else None,
+            regimes=regimes,
+            command=command,
+        )
     if args.datasets is None:
         args.datasets = "fashion_mnist" if args.steps else ",".join(DATASETS)
     datasets = [d for d in args.datasets.split(",") if d]
@@ -111,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             else None
         ),
         only=args.only.split(",") if args.only else None,
-        command="python -m benchmarks.quality "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        command=command,
     )
 
 

@@ -14,6 +14,8 @@ METHOD_LABELS = {
     "swa": "SWA (from 50 %)",
     "ema": "optimizer EMA (use_ema=True)",
     "aswa": "ASWA",
+    "best_step": "best step-level check",
+    "ema_tuned": "EMA, momentum chosen on validation",
 }
 # Step-level ASWA (`update_freq=N`): a Fashion-MNIST epoch is 422 batches of
 # 128, so N = 50 / 100 / 200 decide ~8 / 4 / 2 times an epoch. Each check
@@ -44,6 +46,30 @@ def method_label(method: str) -> str:
     return f"step ASWA, every {method.removeprefix('aswa_n')} batches"
 
 
+# The regimes study: baselines beyond METHODS, read off the same run.
+# best_step: the best running model among step-level ASWA's checks (the same
+# steps, validation batches and monitor as the step ASWA it follows);
+# ema_tuned: an EMA of the trainable weights at the momentum, of EMA_MOMENTA,
+# that scores best on validation (tracked beside the optimizer's own).
+EXTRA_BASELINES = ("best_step", "ema_tuned")
+EMA_MOMENTA = (0.9, 0.99, 0.999)
+REGIMES = ("finetune", "small", "rich")
+# Fine-tuning: a CNN pretrained on Fashion-MNIST classes 0-4, fine-tuned on
+# FINETUNE_TRAIN images of classes 5-9; LoRA of rank LORA_RANK on the
+# backbone's Dense layer (Keras has no LoRA for convolutions).
+FINETUNE_VARIANTS = ("full", "frozen", "lora")
+# Adam learning rates per variant, from a sweep (`lr_sweep`, seed 1, see
+# docs/benchmarks.md): at the lower one a run is still improving at its last
+# epoch (best validation loss there), at the higher one it has converged
+# (best validation loss well before the end, accuracy flat).
+FINETUNE_LRS = {"full": (1e-4, 1e-3), "frozen": (3e-3, 3e-2), "lora": (3e-4, 3e-3)}
+FINETUNE_EPOCHS = 20
+LORA_RANK = 4
+FINETUNE_TRAIN, FINETUNE_VAL = 1000, 500  # images, 5 classes, balanced
+SMALL_TRAIN, SMALL_VAL = 2000, 500  # images, 10 classes, balanced
+SMALL_EPOCHS = 40
+PRETRAIN_EPOCHS = 2
+
 IMAGE_DATASETS = ("fashion_mnist", "digits")
 KG_DATASETS = ("umls", "nations")
 DATASETS = IMAGE_DATASETS + KG_DATASETS
@@ -66,6 +92,14 @@ class Config:
     step_freqs: tuple[int | str, ...] = ()
     validation_steps: int | None = None
     variant: str = ""  # e.g. "2ep": a second configuration of one model
+    # The regimes study (`--regime`); "" in the classic grid and --steps.
+    regime: str = ""
+    # Baselines read off the same run beyond METHODS (`EXTRA_BASELINES`).
+    baselines: tuple[str, ...] = ()
+    # Fine-tuning: "full", "frozen" (only the head trains) or "lora".
+    finetune: str = ""
+    # What step-level ASWA (and `best_step`) decide on; "": STEP_MONITOR.
+    step_monitor: str = ""
 
     @property
     def key(self) -> str:
@@ -75,7 +109,27 @@ class Config:
     @property
     def methods(self) -> tuple[str, ...]:
         """What is read off this configuration's runs."""
-        return METHODS + tuple(step_method(n) for n in self.step_freqs)
+        return (
+            METHODS
+            + tuple(self.baselines)
+            + tuple(step_method(n) for n in self.step_freqs)
+        )
+
+    @property
+    def aswa_variants(self) -> tuple[str, ...]:
+        """Epoch-level ASWA and each step-level one."""
+        return ("aswa", *(step_method(n) for n in self.step_freqs))
+
+    @property
+    def baseline_methods(self) -> tuple[str, ...]:
+        """Every method that is not an ASWA."""
+        return tuple(m for m in self.methods if m not in self.aswa_variants)
+
+    @property
+    def step_watch(self) -> tuple[str, str]:
+        """Step-level ASWA's monitor and mode."""
+        monitor = self.step_monitor or STEP_MONITOR
+        return monitor, "min" if monitor.endswith("loss") else "max"
 
     @property
     def is_kg(self) -> bool:
@@ -141,9 +195,78 @@ def configs(
     return grid
 
 
+def regime_configs(regimes, smoke: bool, only=None) -> list[Config]:
+    """The regimes study: fine-tuning, small data and the data-rich grid.
+
+    Every configuration reads off the extra baselines (`EXTRA_BASELINES`) and
+    step-level ASWA with `update_freq="auto"` (the data-rich ones also the
+    fixed N of `STEP_FREQS`, as in the classic grid). Smoke: one learning rate
+    per fine-tuning variant, 3 epochs, the data-rich MLP only.
+    """
+    extra = {"baselines": EXTRA_BASELINES}
+    grid = []
+    for regime in regimes:
+        if regime == "finetune":
+            for i, ft in enumerate(FINETUNE_VARIANTS):
+                for j, lr in enumerate(FINETUNE_LRS[ft]):
+                    if smoke and (i + j) % 2:
+                        continue
+                    grid.append(
+                        Config(
+                            "fmnist_finetune",
+                            "cnn",
+                            FINETUNE_EPOCHS,
+                            32,
+                            lr,
+                            "val_accuracy",
+                            "max",
+                            step_freqs=("auto",),
+                            variant=f"{ft}-lr{lr:g}",
+                            regime=regime,
+                            finetune=ft,
+                            **extra,
+                        )
+                    )
+        elif regime == "small":
+            grid += [
+                Config(
+                    "fmnist_small",
+                    "mlp",
+                    SMALL_EPOCHS,
+                    32,
+                    1e-3,
+                    monitor,
+                    "min" if monitor == "val_loss" else "max",
+                    step_freqs=("auto",),
+                    variant=monitor,
+                    regime=regime,
+                    step_monitor=monitor,
+                    **extra,
+                )
+                for monitor in ("val_loss", "val_accuracy")
+            ]
+        elif regime == "rich":
+            rich = configs(["fashion_mnist"], smoke)
+            grid += [
+                Config(**{**asdict(c), "regime": regime, **extra})
+                for c in (rich[:1] if smoke else rich)
+            ]
+        else:
+            raise ValueError(f"unknown regime {regime!r}; have {REGIMES}")
+    if smoke:
+        grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+    if only:
+        by_key = {c.key: c for c in grid}
+        grid = [by_key[k] for k in only]
+    return grid
+
+
 def metric_names(cfg: Config) -> tuple[str, ...]:
-    """What is recorded per method: the test metrics and the validation score."""
-    return KG_METRICS + ("val",) if cfg.is_kg else ("accuracy", "val")
+    """What is recorded per method: the test metrics and the validation score
+    (and, in the regimes, the validation loss)."""
+    if cfg.is_kg:
+        return KG_METRICS + ("val",)
+    return ("accuracy", "val", "val_loss") if cfg.regime else ("accuracy", "val")
 
 
 def parse_seeds(text: str) -> list[int]:

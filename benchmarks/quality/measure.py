@@ -11,7 +11,9 @@ from benchmarks.quality.config import METHODS, Config, step_method
 from benchmarks.quality.results import history_columns, rounded
 from benchmarks.quality.training import (
     BestSnapshot,
+    BestStepSnapshot,
     LastWeights,
+    MultiEMA,
     ValidationMRR,
     build_model,
     eval_seconds,
@@ -19,6 +21,7 @@ from benchmarks.quality.training import (
     fit,
     make_aswa,
     make_step_aswa,
+    validation_score,
 )
 from keras_aswa import ASWA, SWA
 
@@ -59,8 +62,18 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         step_method(n): make_step_aswa(cfg, data, n, restore=False)
         for n in cfg.step_freqs
     }
-    # ASWA first: with score_fn it logs val_mrr for BestSnapshot.
-    seconds = fit(cfg, data, model, [aswa, swa, best, last, *steps.values()])
+    extra = []
+    if "best_step" in cfg.baselines:
+        # The step-level ASWA it follows: "auto" where there is one.
+        followed = "auto" if "auto" in cfg.step_freqs else cfg.step_freqs[0]
+        best_step = BestStepSnapshot(steps[step_method(followed)], cfg.step_watch[1])
+        extra.append(best_step)
+    if "ema_tuned" in cfg.baselines:
+        emas = MultiEMA()
+        extra.append(emas)
+    # ASWA first: with score_fn it logs val_mrr for BestSnapshot; each
+    # BestStepSnapshot after the step-level ASWA it reads.
+    seconds = fit(cfg, data, model, [aswa, swa, best, last, *steps.values(), *extra])
     weights = {
         "last": last.weights,
         "early_stopping": best.best_weights,
@@ -71,6 +84,48 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
         "aswa": aswa.ensemble_weights(),
         **{m: cb.ensemble_weights() for m, cb in steps.items()},
     }
+    regime = {}
+    if "best_step" in cfg.baselines and best_step.best_check is None:
+        # No finite check score: nothing was kept, the last model stands in.
+        weights["best_step"] = weights["last"]
+        regime["best_step"] = {"follows": step_method(followed), "check": None}
+    elif "best_step" in cfg.baselines:
+        weights["best_step"] = best_step.best_weights
+        regime["best_step"] = {
+            "follows": step_method(followed),
+            "check": best_step.best_check,
+            "checks": len(best_step.source.history),
+            "step": best_step.source.history[best_step.best_check].get("step"),
+            "epoch": best_step.source.history[best_step.best_check]["epoch"],
+            "score": rounded(best_step.best),
+        }
+    if "ema_tuned" in cfg.baselines:
+        # The optimizer's own shadow is in the model now: the 0.99 one must
+        # equal it (a live check of MultiEMA, recorded).
+        optimizer_ema = [np.asarray(w) for w in weights["ema"]]
+        mine = emas.weights_for(0.99, weights["last"])
+        regime["ema_099_vs_optimizer_max_abs_diff"] = max(
+            float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+            for a, b in zip(mine, optimizer_ema, strict=True)
+        )
+        shadows = {}
+        for m in emas.momenta:
+            model.set_weights(emas.weights_for(m, weights["last"]))
+            shadows[m] = evaluate(cfg, data, model)
+        # The best validation score wins; ties go to Keras' default 0.99.
+        order = sorted(emas.momenta, key=lambda m: m != 0.99)
+        chosen = order[0]
+        for m in order[1:]:
+            score, higher = validation_score(cfg, shadows[m])
+            best_score, _ = validation_score(cfg, shadows[chosen])
+            if (score > best_score) if higher else (score < best_score):
+                chosen = m
+        weights["ema_tuned"] = emas.weights_for(chosen, weights["last"])
+        regime["ema_tuned_momentum"] = chosen
+        regime["ema_momenta"] = {
+            f"{m:g}": {k: rounded(v) for k, v in shadows[m].items()}
+            for m in emas.momenta
+        }
     metrics = {}
     for method in cfg.methods:
         model.set_weights(weights[method])
@@ -88,6 +143,7 @@ def run_seed(cfg: Config, data: dict, seed: int) -> tuple[dict, dict, ASWA, int]
     }
     if steps:
         record["step_aswa"] = {m: _step_record(cb, model) for m, cb in steps.items()}
+    record.update(regime)
     return record, weights, aswa, swa.history[0]["epoch"]
 
 

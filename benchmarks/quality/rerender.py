@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from benchmarks.quality.config import Config, metric_names
+from benchmarks.quality.regimes_report import render_regimes_markdown
 from benchmarks.quality.report import render_markdown
 from benchmarks.quality.results import history_columns, write_json
 from benchmarks.quality.stats import summarize
@@ -50,6 +51,41 @@ def rerender(out: Path, include: list[str], steps: bool = False) -> dict:
     return result
 
 
+def rerender_regimes(out: Path, include: list[str]) -> dict:
+    """Re-renders quality-regimes.md from quality-regimes.json, merging the
+    regime runs (and smoke runs) given in `include`: another backend's into
+    a section of its own, a run on a backend already in the report into that
+    backend's configurations (the configurations must be new)."""
+    result = json.loads((out / "quality-regimes.json").read_text())
+    for path in include:
+        res = json.loads(Path(path).read_text())
+        backend = res["environment"]["backend"]
+        if res["smoke"]:
+            result.setdefault("smoke_runs", {})[backend] = res
+            continue
+        others = result.setdefault("other_backends", {})
+        # A run on a backend already here adds its configurations to that
+        # backend's (e.g. a regime run apart); another backend's is its own.
+        mine = result if result["environment"]["backend"] == backend else None
+        mine = mine or others.get(backend)
+        if mine is None:
+            others[backend] = res
+            continue
+        clash = set(res["configs"]) & set(mine["configs"])
+        if clash:
+            raise ValueError(f"{path}: {sorted(clash)} are in the report already")
+        mine["configs"].update(res["configs"])
+        mine.setdefault("other_runs", []).append(
+            {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
+            | {"configs": list(res["configs"])}
+        )
+    if not result.get("other_backends"):
+        result.pop("other_backends", None)
+    write_json(result, out / "quality-regimes.json")
+    (out / "quality-regimes.md").write_text(render_regimes_markdown(result, out))
+    return result
+
+
 def _merge_steps(result: dict, path: str) -> None:
     """Joins the step-level run at `path` into `result`.
 
@@ -70,7 +106,9 @@ def _merge_steps(result: dict, path: str) -> None:
         mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
         mine["records"].sort(key=lambda r: r["seed"])
         cfg = Config(**mine["config"])
-        mine["summary"] = summarize(mine["records"], metric_names(cfg), cfg.methods)
+        mine["summary"] = summarize(
+            mine["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
+        )
         mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
     env = res["environment"]
     result.setdefault("other_runs", []).append(

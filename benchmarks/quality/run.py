@@ -18,9 +18,11 @@ from benchmarks.quality.config import (
     Config,
     configs,
     metric_names,
+    regime_configs,
     step_method,
 )
 from benchmarks.quality.measure import run_seed, time_kg, time_steps, verify_read_off
+from benchmarks.quality.regimes_report import render_regimes_markdown
 from benchmarks.quality.report import render_markdown
 from benchmarks.quality.results import write_json
 from benchmarks.quality.stats import summarize
@@ -101,6 +103,7 @@ def run(
     steps: bool = False,
     step_freqs=None,
     only=None,
+    regimes=None,
 ) -> dict:
     """Runs the benchmark; writes quality.json, quality.md and the plots.
 
@@ -116,10 +119,20 @@ def run(
             (score_fn path); every method, only SWA in smoke mode.
         timing_repeats: Repeats of the plain vs ASWA timing (UMLS only;
             DistMult only in smoke mode).
+        regimes: The regimes study (`REGIMES`: "finetune", "small", "rich")
+            instead of the data sets: the extra baselines read off too, no
+            plots, timings or read-off check (the 0.99 EMA shadow is checked
+            against the optimizer's on every seed); writes
+            quality-regimes.json/.md.
     """
     started = time.perf_counter()
-    grid = configs(datasets, smoke, steps, step_freqs, only)
-    stem = "quality-steps" if steps else "quality"
+    if regimes:
+        grid = regime_configs(regimes, smoke, only)
+        stem = "quality-regimes"
+        verify = verify or {}
+    else:
+        grid = configs(datasets, smoke, steps, step_freqs, only)
+        stem = "quality-steps" if steps else "quality"
     first_step = next((step_method(c.step_freqs[0]) for c in grid if c.step_freqs), "")
     if verify is None and steps:
         verify = {"fashion_mnist/mlp-2ep": ("aswa", first_step)}
@@ -144,11 +157,15 @@ def run(
     }
     if steps:
         result["study"] = "steps"
+    if regimes:
+        result["study"] = "regimes"
+        result["regimes"] = list(regimes)
     out.mkdir(parents=True, exist_ok=True)
     cache = {}
     for cfg in grid:
         if cfg.dataset not in cache:
-            cache = {cfg.dataset: load_data(cfg.dataset, smoke)}  # one at a time
+            # One at a time; the pretrained backbone is cached beside the run.
+            cache = {cfg.dataset: load_data(cfg.dataset, smoke, out / "pretrained")}
         data = cache[cfg.dataset]
         t0 = time.perf_counter()
         entry = {
@@ -162,7 +179,9 @@ def run(
             m = record["metrics"]
             log(
                 f"{cfg.key} seed {seed}: "
-                + ", ".join(f"{k} {m[k][cfg.metric]:.4f}" for k in METHODS)
+                + ", ".join(
+                    f"{k} {m[k][cfg.metric]:.4f}" for k in METHODS + cfg.baselines
+                )
                 + f" ({record['fit_seconds']:.1f} s, ASWA {record['aswa_decisions']})"
             )
             if "step_aswa" in record:
@@ -176,7 +195,7 @@ def run(
                         for k, v in record["step_aswa"].items()
                     )
                 )
-            if i == 0:
+            if i == 0 and not regimes:
                 if not steps:
                     png = img_dir / f"quality_{cfg.key.replace('/', '_')}.png"
                     plot_run(cfg, aswa, record, swa_start, png, 50 if smoke else 100)
@@ -199,7 +218,7 @@ def run(
             del weights, aswa
             # Partial results survive, seed by seed.
             entry["summary"] = summarize(
-                entry["records"], metric_names(cfg), cfg.methods
+                entry["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
             )
             entry["seconds"] = round(time.perf_counter() - t0, 1)
             result["configs"][cfg.key] = entry
@@ -208,7 +227,13 @@ def run(
     result["environment"]["load_average_at_end"] = load_average()
     result["runtime_seconds"] = round(time.perf_counter() - started, 1)
     write_json(result, out / f"{stem}.json")
-    render = render_steps_markdown if steps else render_markdown
+    render = (
+        render_regimes_markdown
+        if regimes
+        else render_steps_markdown
+        if steps
+        else render_markdown
+    )
     (out / f"{stem}.md").write_text(render(result, out))
     log(f"done in {result['runtime_seconds']:.0f} s; wrote {out / f'{stem}.md'}")
     return result

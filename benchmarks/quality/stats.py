@@ -31,7 +31,9 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
-def summarize(records: list[dict], metric_names, methods=METHODS) -> dict:
+def summarize(
+    records: list[dict], metric_names, methods=METHODS, baselines: bool = False
+) -> dict:
     """Mean and std per method; ASWA's paired comparison on each metric.
 
     Std is the sample std (ddof=1). Wins/ties/losses compare ASWA with the
@@ -40,7 +42,9 @@ def summarize(records: list[dict], metric_names, methods=METHODS) -> dict:
     (zero differences dropped); None with fewer than 2 seeds, 1.0 when all
     differences are zero. With 5 seeds the smallest possible p is 0.0625.
     With step-level methods, `vs_ema` holds the same comparison of every
-    ASWA variant (epoch and step level) against EMA.
+    ASWA variant (epoch and step level) against EMA. With `baselines` (the
+    regimes study), `vs_baselines[variant][baseline]` holds it for every ASWA
+    variant (a method named ``aswa*``) against every other method.
     """
     out = {"n_seeds": len(records), "methods": {}}
 
@@ -63,5 +67,15 @@ def summarize(records: list[dict], metric_names, methods=METHODS) -> dict:
             m: {n: paired(values(m, n), values("ema", n)) for n in metric_names}
             for m in methods
             if m == "aswa" or m not in METHODS
+        }
+    if baselines:
+        variants = [m for m in methods if m.startswith("aswa")]
+        out["vs_baselines"] = {
+            a: {
+                b: {n: paired(values(a, n), values(b, n)) for n in metric_names}
+                for b in methods
+                if not b.startswith("aswa")
+            }
+            for a in variants
         }
     return out

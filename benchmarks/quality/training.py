@@ -6,6 +6,7 @@ Everything here needs Keras (the backend is fixed at its first import).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,16 +18,34 @@ from benchmarks.datasets import (
     load_kg,
     split_validation,
 )
-from benchmarks.quality.config import KG_DATASETS, STEP_MONITOR, Config
+from benchmarks.quality.config import (
+    EMA_MOMENTA,
+    KG_DATASETS,
+    LORA_RANK,
+    PRETRAIN_EPOCHS,
+    Config,
+)
+from benchmarks.quality.regimes import FINETUNE_CLASSES, regime_arrays
 from keras_aswa import ASWA
 
+REGIME_DATASETS = ("fmnist_finetune", "fmnist_small")
 
-def load_data(dataset: str, smoke: bool) -> dict:
+
+def load_data(dataset: str, smoke: bool, cache_dir: Path | None = None) -> dict:
     """Train/validation/test data; validation is carved from training data.
 
     Splits are fixed (seed 0), so seeds vary only initialisation and batch
-    order, and every method of a seed sees exactly the same data.
+    order, and every method of a seed sees exactly the same data. The
+    fine-tuning regime's data also holds the pretrained backbone's weights
+    (`pretrained_backbone`, cached in `cache_dir`).
     """
+    if dataset in REGIME_DATASETS:
+        data = regime_arrays(dataset, smoke, load_fashion_mnist())
+        if dataset == "fmnist_finetune":
+            data["pretrained"] = pretrained_backbone(
+                data, smoke, cache_dir or Path("benchmarks/out/pretrained")
+            )
+        return data
     if dataset in KG_DATASETS:
         graph = load_kg(dataset)
         x, y = kglib.kvsall_data(graph)
@@ -82,11 +101,108 @@ def data_sizes(cfg: Config, data: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
+def cnn_body() -> list:
+    """The CNN's layers up to its head."""
+    layers = keras.layers
+    # Small on purpose: one epoch of 54k images must stay ~15 s on 2 CPU
+    # cores. BatchNorm makes its statistics part of the average.
+    body = []
+    for width in (16, 32):
+        body += [
+            layers.Conv2D(width, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+        ]
+    return body + [layers.Flatten(), layers.Dense(64, activation="relu")]
+
+
+def pretrained_backbone(data: dict, smoke: bool, cache_dir: Path) -> list:
+    """The CNN body's weights after pretraining on classes 0-4, per layer.
+
+    Pretrained once per backend (seed 0, Adam 1e-3, batch 128,
+    `PRETRAIN_EPOCHS` epochs on every training image of classes 0-4; smoke:
+    512 images, 1 epoch) and cached in `cache_dir` as .npz, so that every
+    seed and configuration starts from the same backbone.
+    """
+    tag = "smoke" if smoke else f"{PRETRAIN_EPOCHS}ep"
+    path = cache_dir / f"cnn-classes0-4-{keras.backend.backend()}-{tag}.npz"
+    if not path.exists():
+        keras.utils.set_random_seed(0)
+        body = cnn_body()
+        model = keras.Sequential(
+            [keras.Input(data["x_pretrain"].shape[1:]), *body, keras.layers.Dense(5)]
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(
+            data["x_pretrain"],
+            data["y_pretrain"],
+            batch_size=128,
+            epochs=1 if smoke else PRETRAIN_EPOCHS,
+            verbose=0,
+        )
+        arrays = {
+            f"{i}_{j}": w
+            for i, layer in enumerate(body)
+            for j, w in enumerate(layer.get_weights())
+        }
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    with np.load(path) as z:
+        per_layer = {}
+        for key in z.files:
+            i, j = map(int, key.split("_"))
+            per_layer.setdefault(i, {})[j] = z[key]
+    n = len(cnn_body())
+    return [
+        [per_layer.get(i, {})[j] for j in sorted(per_layer.get(i, {}))]
+        for i in range(n)
+    ]
+
+
+def finetune_model(cfg: Config, data: dict) -> keras.Model:
+    """The pretrained CNN body under a new 5-way head, set up for `cfg.finetune`:
+    "full" trains everything; "frozen" only the head; "lora" the head and a
+    rank-`LORA_RANK` LoRA on the body's Dense layer, its convolutions (and
+    BatchNorm) frozen: Keras has LoRA for Dense and EinsumDense only."""
+    body = cnn_body()
+    model = keras.Sequential(
+        [
+            keras.Input(data["x_train"].shape[1:]),
+            *body,
+            keras.layers.Dense(len(FINETUNE_CLASSES), name="head"),
+        ],
+        name=f"cnn_{cfg.finetune}",
+    )
+    for layer, weights in zip(body, data["pretrained"], strict=True):
+        layer.set_weights(weights)
+    for layer in body:
+        if cfg.finetune == "frozen":
+            layer.trainable = False
+        elif cfg.finetune == "lora":
+            if isinstance(layer, keras.layers.Dense):
+                layer.enable_lora(LORA_RANK)
+            else:
+                layer.trainable = False
+        elif cfg.finetune != "full":
+            raise ValueError(f"unknown fine-tuning variant {cfg.finetune!r}")
+    return model
+
+
 def build_model(cfg: Config, data: dict, seed: int, ema: bool) -> keras.Model:
     """A compiled model; the same seed gives the same initial weights."""
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    if cfg.is_kg:
+    if cfg.dataset == "fmnist_finetune":
+        model = finetune_model(cfg, data)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = ["accuracy"]
+    elif cfg.is_kg:
         model = kglib.build_kge_model(
             cfg.model, data["kg"], embedding_dim=32, seed=seed, compile=False
         )
@@ -101,17 +217,7 @@ def build_model(cfg: Config, data: dict, seed: int, ema: bool) -> keras.Model:
                 layers.Dense(128, activation="relu"),
             ]
         elif cfg.model == "cnn":
-            # Small on purpose: one epoch of 54k images must stay ~15 s on
-            # 2 CPU cores. BatchNorm makes its statistics part of the average.
-            body = []
-            for width in (16, 32):
-                body += [
-                    layers.Conv2D(width, 3, padding="same", use_bias=False),
-                    layers.BatchNormalization(),
-                    layers.ReLU(),
-                    layers.MaxPooling2D(),
-                ]
-            body += [layers.Flatten(), layers.Dense(64, activation="relu")]
+            body = cnn_body()
         else:
             raise ValueError(f"unknown image model {cfg.model!r}")
         model = keras.Sequential(
@@ -161,7 +267,18 @@ def evaluate(cfg: Config, data: dict, model: keras.Model) -> dict:
     val = model.evaluate(
         data["x_val"], data["y_val"], batch_size=1024, verbose=0, return_dict=True
     )
-    return {"accuracy": float(test["accuracy"]), "val": float(val["accuracy"])}
+    out = {"accuracy": float(test["accuracy"]), "val": float(val["accuracy"])}
+    if cfg.regime:
+        out["val_loss"] = float(val["loss"])
+    return out
+
+
+def validation_score(cfg: Config, metrics: dict) -> tuple[float, bool]:
+    """The validation score `cfg.monitor` selects on, from `evaluate`'s
+    metrics, and whether higher is better."""
+    if cfg.monitor == "val_loss":
+        return metrics["val_loss"], False
+    return metrics["val"], True
 
 
 # --------------------------------------------------------------------------
@@ -240,9 +357,10 @@ def make_step_aswa(cfg: Config, data: dict, n: int | str, restore: bool) -> ASWA
     """ASWA every `n` training batches on the validation split's first
     `cfg.validation_steps` batches (of 32); with `n="auto"`, N and the
     batches as `update_freq="auto"` chooses them."""
+    monitor, mode = cfg.step_watch
     return TimedASWA(
-        monitor=STEP_MONITOR,
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         validation_data=(data["x_val"], data["y_val"]),
         validation_steps=None if n == "auto" else cfg.validation_steps,
         update_freq=n,
@@ -260,3 +378,95 @@ def eval_seconds(cb: ASWA, model, repeats: int = 5) -> float:
         cb._scorer.current(model)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+class BestStepSnapshot(keras.callbacks.Callback):
+    """The best running model among a step-level ASWA's checks.
+
+    Early stopping at step granularity, as a user would write it: at every
+    check of `source` (placed before this callback), the running model's
+    score on the check's validation batches, which `source` has just
+    computed (`history[-1]["running"]`), is compared with the best so far
+    (strictly better, as Keras' rule: the first of equal scores is kept);
+    where better, the running weights are kept. So it checks at the same
+    steps, on the same batches and monitor as step-level ASWA, at no extra
+    evaluation. Non-finite scores never win.
+    """
+
+    def __init__(self, source: ASWA, mode: str):
+        super().__init__()
+        self.source = source
+        self.mode = mode
+
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self.best_weights = None
+        self.best_check = None  # index into source.history
+        self._seen = 0
+
+    def _better(self, score: float) -> bool:
+        if score is None or not np.isfinite(score):
+            return False
+        if self.best is None:
+            return True
+        return score < self.best if self.mode == "min" else score > self.best
+
+    def _poll(self):
+        history = self.source.history
+        while self._seen < len(history):
+            record = history[self._seen]
+            if self._better(record["running"]):
+                self.best = float(record["running"])
+                self.best_weights = self.model.get_weights()
+                self.best_check = self._seen
+            self._seen += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._poll()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._poll()
+
+
+class MultiEMA(keras.callbacks.Callback):
+    """Exponential moving averages of the trainable weights at several
+    momenta, in one run.
+
+    After every optimizer step (`on_train_batch_end`; `fit` without
+    `steps_per_execution` or gradient accumulation) each shadow becomes
+    ``m * shadow + (1 - m) * w`` in float32, as Keras' optimizer updates its
+    own (`use_ema=True`); on the first step it is ``w``, as Keras' is.
+    """
+
+    def __init__(self, momenta=EMA_MOMENTA):
+        super().__init__()
+        self.momenta = tuple(momenta)
+
+    def on_train_begin(self, logs=None):
+        self.variables = list(self.model.trainable_variables)
+        self.shadows = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        _ = self.model  # on JAX, reading it writes fit's state into the variables
+        w = [keras.ops.convert_to_numpy(v.value) for v in self.variables]
+        if self.shadows is None:
+            self.shadows = {
+                m: [np.array(x, copy=True) for x in w] for m in self.momenta
+            }
+            return
+        for m, shadow in self.shadows.items():
+            keep = np.float32(m)
+            take = np.float32(1) - keep
+            for s, x in zip(shadow, w, strict=True):
+                s *= keep
+                s += take * x
+
+    def weights_for(self, momentum: float, base: list) -> list:
+        """`base` (one array per `model.weights` entry) with the trainable
+        variables replaced by the shadow at `momentum`, as the optimizer's
+        EMA leaves a model after `fit`."""
+        out = list(base)
+        where = {id(v): i for i, v in enumerate(self.model.weights)}
+        for v, s in zip(self.variables, self.shadows[momentum], strict=True):
+            out[where[id(v)]] = s.astype(out[where[id(v)]].dtype, copy=True)
+        return out

@@ -31,6 +31,7 @@ REPORT_MODULES = (
     "benchmarks.quality.results",
     "benchmarks.quality.report",
     "benchmarks.quality.steps_report",
+    "benchmarks.quality.regimes_report",
     "benchmarks.quality.rerender",
     "benchmarks.quality.__main__",
     "benchmarks.overhead.config",
@@ -44,6 +45,7 @@ HAND_WRITTEN = {"dicee.md", "overhead-gpu.md"}
 BYTE_IDENTICAL = {
     "quality.md": ("quality.md", "quality.json"),
     "quality-steps.md": ("quality-steps.md", "quality-steps.json"),
+    "quality-regimes.md": ("quality-regimes.md", "quality-regimes.json"),
     "overhead.md": ("overhead.md",),
     "overhead-variables.md": ("overhead-variables.md",),
     "overhead-variables-1core.md": ("overhead-variables-1core.md",),
@@ -79,6 +81,7 @@ def _rerenders() -> list:
     out = [
         ("benchmarks.quality.__main__", ["--report"]),
         ("benchmarks.quality.__main__", ["--report", "--steps"]),
+        ("benchmarks.quality.__main__", ["--report", "--regime", "all"]),
     ]
     for stem in ("overhead", "overhead-variables", "overhead-variables-1core"):
         md = RESULTS / f"{stem}.md"

@@ -9,24 +9,41 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
+from benchmarks.datasets import load_fashion_mnist
 from benchmarks.quality.__main__ import main
 from benchmarks.quality.config import (
+    EXTRA_BASELINES,
+    FINETUNE_LRS,
+    FINETUNE_VARIANTS,
     KG_METRICS,
     METHODS,
+    REGIMES,
+    SMALL_EPOCHS,
     SMOKE_STEP_FREQS,
     Config,
     configs,
     parse_seeds,
+    regime_configs,
     step_method,
 )
+from benchmarks.quality.regimes import finetune_indices, regime_arrays, small_indices
 from benchmarks.quality.stats import summarize
 from benchmarks.quality.steps_report import render_steps_markdown
+from benchmarks.quality.training import (
+    BestStepSnapshot,
+    LastWeights,
+    MultiEMA,
+    cnn_body,
+    finetune_model,
+)
+from keras_aswa import ASWA
 
 EXPECTED_CONFIGS = {
     "fashion_mnist/mlp",
@@ -301,3 +318,321 @@ def test_backend_must_match_the_loaded_one():
     )
     with pytest.raises(SystemExit):
         main(["--smoke", "--backend", other])
+
+
+# --------------------------------------------------------------------------
+# the regimes study (quality-regimes.json, written by the same smoke run)
+# --------------------------------------------------------------------------
+
+
+def test_smoke_covers_every_regime(smoke):
+    _, out = smoke
+    result = json.loads((out / "quality-regimes.json").read_text())
+    assert result["smoke"] is True and result["study"] == "regimes"
+    assert result["regimes"] == list(REGIMES)
+    assert set(result["configs"]) == {c.key for c in regime_configs(REGIMES, True)}
+    regimes = {e["config"]["regime"] for e in result["configs"].values()}
+    assert regimes == set(REGIMES)
+    variants = {e["config"]["finetune"] for e in result["configs"].values()}
+    assert variants >= set(FINETUNE_VARIANTS)
+    for key, entry in result["configs"].items():
+        cfg = Config(**entry["config"])
+        (record,) = entry["records"]
+        assert set(record["metrics"]) == set(cfg.methods)
+        assert {"best_step", "ema_tuned", "aswa_auto"} <= set(cfg.methods)
+        for metrics in record["metrics"].values():
+            assert 0.0 <= metrics["accuracy"] <= 1.0
+            assert math.isfinite(metrics["val_loss"])
+        # The 0.99 shadow tracked beside the optimizer's is the optimizer's.
+        assert record["ema_099_vs_optimizer_max_abs_diff"] <= 1e-5, key
+        assert record["metrics"]["ema"]["accuracy"] == pytest.approx(
+            record["ema_momenta"]["0.99"]["accuracy"], abs=2 / 256
+        )
+        # ema_tuned is the shadow with the best validation score.
+        chosen = record["ema_tuned_momentum"]
+        shadows = record["ema_momenta"]
+        if cfg.monitor == "val_loss":
+            assert shadows[f"{chosen:g}"]["val_loss"] == min(
+                s["val_loss"] for s in shadows.values()
+            )
+        else:
+            assert shadows[f"{chosen:g}"]["val"] == max(
+                s["val"] for s in shadows.values()
+            )
+        # best_step: the best running score among aswa_auto's checks.
+        best = record["best_step"]
+        step = record["step_aswa"]["aswa_auto"]
+        assert best["follows"] == "aswa_auto"
+        assert best["checks"] == step["checks"] and 0 <= best["check"] < best["checks"]
+        vs = entry["summary"]["vs_baselines"]
+        assert set(vs) == set(cfg.aswa_variants)
+        for variant, row in vs.items():
+            assert set(row) == set(cfg.baseline_methods)
+            h = row["ema_tuned"]["accuracy"]
+            m = record["metrics"]
+            assert h["mean_diff"] == pytest.approx(
+                m[variant]["accuracy"] - m["ema_tuned"]["accuracy"]
+            )
+    sizes = {k: e["data_sizes"] for k, e in result["configs"].items()}
+    assert sizes["fmnist_small/mlp-val_loss"] == {"train": 128, "val": 64, "test": 256}
+    md = (out / "quality-regimes.md").read_text()
+    assert "SMOKE run" in md
+    for title in ("Fine-tuning a pretrained CNN", "Small data", "Data-rich"):
+        assert f"### {title}" in md
+    assert "| fmnist_small/mlp-val_loss | aswa_auto |" in md
+    assert "vs ema_tuned" in md
+
+
+def test_regimes_report_rerenders_and_merges(smoke, tmp_path):
+    _, out = smoke
+    (tmp_path / "quality-regimes.json").write_text(
+        (out / "quality-regimes.json").read_text()
+    )
+    main(["--report", "--regime", "all", "--out", str(tmp_path)])
+    assert (tmp_path / "quality-regimes.md").read_text() == (
+        out / "quality-regimes.md"
+    ).read_text()
+    other = json.loads((out / "quality-regimes.json").read_text())
+    other["smoke"] = False
+    other["environment"]["backend"] = "other"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    main(
+        [
+            "--report",
+            "--regime",
+            "all",
+            "--out",
+            str(tmp_path),
+            "--include",
+            str(tmp_path / "other.json"),
+        ]
+    )
+    md = (tmp_path / "quality-regimes.md").read_text()
+    assert md.count("### Fine-tuning a pretrained CNN") == 2
+    assert "\n## other\n" in md
+    # A run on a backend already in the report joins its configurations.
+    apart = json.loads((out / "quality-regimes.json").read_text())
+    apart["smoke"] = False
+    apart["configs"] = {
+        "x/mlp-apart": next(iter(apart["configs"].values())),
+    }
+    apart["command"] = "python -m benchmarks.quality --regime rich --only x"
+    (tmp_path / "apart.json").write_text(json.dumps(apart))
+    args = ["--report", "--regime", "all", "--out", str(tmp_path)]
+    merged = main([*args, "--include", str(tmp_path / "apart.json")])
+    assert "x/mlp-apart" in merged["configs"]
+    md = (tmp_path / "quality-regimes.md").read_text()
+    assert "x/mlp-apart: from a separate run, `python -m benchmarks.quality" in md
+    with pytest.raises(ValueError, match="in the report already"):
+        main([*args, "--include", str(tmp_path / "apart.json")])
+
+
+def test_unknown_regime_is_an_error():
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--regime", "huge"])
+
+
+def test_regime_grid():
+    keys = [c.key for c in regime_configs(REGIMES, smoke=False)]
+    assert keys[:6] == [
+        f"fmnist_finetune/cnn-{ft}-lr{lr:g}"
+        for ft in FINETUNE_VARIANTS
+        for lr in FINETUNE_LRS[ft]
+    ]
+    assert keys[6:] == [
+        "fmnist_small/mlp-val_loss",
+        "fmnist_small/mlp-val_accuracy",
+        "fashion_mnist/mlp",
+        "fashion_mnist/cnn",
+    ]
+    grid = {c.key: c for c in regime_configs(REGIMES, smoke=False)}
+    small = grid["fmnist_small/mlp-val_accuracy"]
+    assert (small.monitor, small.mode, small.step_watch) == (
+        "val_accuracy",
+        "max",
+        ("val_accuracy", "max"),
+    )
+    assert small.epochs == SMALL_EPOCHS
+    # The data-rich ones are the classic grid's, the baselines added.
+    classic = {c.key: c for c in configs(["fashion_mnist"], smoke=False)}
+    for key in ("fashion_mnist/mlp", "fashion_mnist/cnn"):
+        rich = grid[key]
+        assert rich.regime == "rich" and rich.baselines == EXTRA_BASELINES
+        assert replace(rich, regime="", baselines=()) == classic[key]
+    assert classic["fashion_mnist/mlp"].methods == (
+        *METHODS,
+        *(step_method(n) for n in classic["fashion_mnist/mlp"].step_freqs),
+    )
+    assert grid["fashion_mnist/cnn"].baseline_methods == (
+        *(m for m in METHODS if m != "aswa"),
+        *EXTRA_BASELINES,
+    )
+    assert all(
+        c.epochs == 3 and c.step_freqs for c in regime_configs(REGIMES, smoke=True)
+    )
+
+
+def test_finetune_splits():
+    (x, y), (xt, yt) = load_fashion_mnist()
+    idx = finetune_indices(y, yt)
+    assert (len(idx["train"]), len(idx["val"])) == (1000, 500)
+    assert len(idx["test"]) == 5000
+    assert set(y[idx["pretrain"]]) == {0, 1, 2, 3, 4}
+    assert len(idx["pretrain"]) == 30000
+    for name, per_class in (("train", 200), ("val", 100)):
+        labels, counts = np.unique(y[idx[name]], return_counts=True)
+        assert list(labels) == [5, 6, 7, 8, 9] and set(counts) == {per_class}
+    assert set(yt[idx["test"]]) == {5, 6, 7, 8, 9}
+    # Training-file splits are disjoint (test comes from the test file).
+    for a, b in (("train", "val"), ("train", "pretrain"), ("val", "pretrain")):
+        assert not set(idx[a]) & set(idx[b]), (a, b)
+    data = regime_arrays("fmnist_finetune", False, ((x, y), (xt, yt)))
+    assert set(data["y_train"]) == set(data["y_test"]) == {0, 1, 2, 3, 4}
+    assert data["x_train"].shape == (1000, 28, 28, 1)
+    assert data["x_train"].dtype == np.float32 and data["x_train"].max() <= 1.0
+    np.testing.assert_array_equal(data["x_val"][0, ..., 0] * 255, x[idx["val"][0]])
+    # No training image is a validation one, pixel for pixel either.
+    train = {img.tobytes() for img in x[idx["train"]]}
+    assert not any(img.tobytes() in train for img in x[idx["val"]])
+    smoke = regime_arrays("fmnist_finetune", True, ((x, y), (xt, yt)))
+    assert [len(smoke[f"y_{s}"]) for s in ("pretrain", "train", "val", "test")] == [
+        512,
+        128,
+        64,
+        256,
+    ]
+    assert set(smoke["y_train"]) == set(smoke["y_val"]) == {0, 1, 2, 3, 4}
+    assert not set(smoke["indices"]["train"]) & set(smoke["indices"]["val"])
+
+
+def test_small_data_splits():
+    (x, y), (xt, yt) = load_fashion_mnist()
+    idx = small_indices(y, yt)
+    assert (len(idx["train"]), len(idx["val"]), len(idx["test"])) == (2000, 500, 10000)
+    labels, counts = np.unique(y[idx["train"]], return_counts=True)
+    assert list(labels) == list(range(10)) and set(counts) == {200}
+    assert not set(idx["train"]) & set(idx["val"])
+    # Fixed: the same images on every call (seeds vary only the training).
+    again = small_indices(y, yt)
+    assert all(np.array_equal(idx[k], again[k]) for k in idx)
+    data = regime_arrays("fmnist_small", False, ((x, y), (xt, yt)))
+    np.testing.assert_array_equal(data["y_test"], yt)
+    np.testing.assert_array_equal(data["y_train"], y[idx["train"]])
+
+
+def _tiny_classifier(seed: int, ema: bool) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2, use_ema=ema),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _tiny_data(n: int = 96, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64") + (x[:, 2] > 1)
+    return x, y
+
+
+def test_multi_ema_equals_the_optimizers_ema():
+    """Its 0.99 shadow is Keras' `use_ema=True` EMA after fit (which `fit`
+    writes into the trainable weights), the others differ from it."""
+    x, y = _tiny_data()
+    model = _tiny_classifier(3, ema=True)
+    emas = MultiEMA()
+    last = LastWeights()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[last, emas])
+    optimizer_ema = model.get_weights()
+    ours = emas.weights_for(0.99, last.weights)
+    trainable = {id(v) for v in model.trainable_variables}
+    for v, a, b, w in zip(
+        model.weights, ours, optimizer_ema, last.weights, strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        if id(v) in trainable:
+            assert not np.allclose(a, w, atol=1e-4)  # not the running weights
+        else:  # BatchNorm statistics: the running model's
+            np.testing.assert_array_equal(a, w)
+    fast = emas.weights_for(0.9, last.weights)
+    gaps = [float(np.max(np.abs(a - b))) for a, b in zip(fast, ours, strict=True)]
+    assert max(gaps) > 1e-3
+
+
+def test_best_step_snapshot_keeps_the_best_checks_weights():
+    """The snapshot is the running model of the best-scoring check: its
+    weights equal those recorded at that check, and scoring them on the
+    check's validation batches gives that check's score."""
+    x, y = _tiny_data(128)
+    xv, yv = _tiny_data(64, seed=1)
+    model = _tiny_classifier(5, ema=False)
+    step = ASWA(
+        monitor="val_loss",
+        mode="min",
+        validation_data=(xv, yv),
+        validation_steps=1,
+        update_freq=3,
+        restore_best=False,
+    )
+    at_checks = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            while len(at_checks) < len(step.history):
+                at_checks.append(self.model.get_weights())
+
+    best = BestStepSnapshot(step, "min")
+    model.fit(
+        x, y, batch_size=16, epochs=4, verbose=0, callbacks=[step, Recorder(), best]
+    )
+    running = [h["running"] for h in step.history]
+    assert len(running) == len(at_checks) == (4 * 8) // 3
+    expected = int(np.argmin(running))
+    assert best.best_check == expected and best.best == running[expected]
+    for a, b in zip(best.best_weights, at_checks[expected], strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights(best.best_weights)
+    score = model.evaluate(xv[:32], yv[:32], batch_size=32, verbose=0)[0]
+    assert score == pytest.approx(running[expected], rel=1e-5)
+    # Not trivially the last check's weights.
+    if expected != len(running) - 1:
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(best.best_weights, at_checks[-1], strict=True)
+        )
+
+
+def test_finetune_variants_train_what_they_say(tmp_path):
+    cfg0 = regime_configs(["finetune"], smoke=False)[0]
+    keras.utils.set_random_seed(0)
+    body = keras.Sequential([keras.Input((28, 28, 1)), *cnn_body()])
+    pretrained = [layer.get_weights() for layer in body.layers]
+    data = {"x_train": np.zeros((1, 28, 28, 1), "float32"), "pretrained": pretrained}
+    counts = {}
+    for ft in FINETUNE_VARIANTS:
+        model = finetune_model(replace(cfg0, finetune=ft), data)
+        for layer, weights in zip(model.layers[:-1], pretrained, strict=True):
+            # LoRA's layer holds its adapters after the pretrained weights.
+            for a, b in zip(layer.get_weights(), weights, strict=False):
+                np.testing.assert_array_equal(a, b)
+        names = sorted(v.path.split("/")[-1] for v in model.trainable_variables)
+        counts[ft] = names
+    assert counts["frozen"] == ["bias", "kernel"]  # the head only
+    assert counts["lora"] == [
+        "bias",
+        "bias",
+        "kernel",
+        "lora_kernel_a",
+        "lora_kernel_b",
+    ]
+    assert len(counts["full"]) == 2 + 2 * 2 + 2 + 2  # convs, BN gamma/beta, dense
