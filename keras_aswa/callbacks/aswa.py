@@ -97,7 +97,9 @@ class ASWA(AveragingCallback):
             training, in a warm-up reported apart in `timing["warm_up"]`,
             and the evaluation timed on one batch and on the most a check
             may use (medians of three calls), which gives its fixed and its
-            per-batch seconds; the first five training batches are timed,
+            per-batch seconds (once `K` is chosen, one more evaluation on
+            `K` batches compiles their shapes, in the warm-up too); the
+            first five training batches are timed,
             and each affords `check_budget` times their median time of
             checks. Then `K` is all the validation batches, at most 32,
             fewer where that keeps eight checks per epoch within the budget,
@@ -431,6 +433,12 @@ class ASWA(AveragingCallback):
                 floor_every = steps
                 batches = fewest
             self._scorer.limit(batches)
+            # Compiled now for the shapes of K batches (a last, shorter one),
+            # not in the first check; counted as warm-up.
+            with rng_preserved():
+                start = time.perf_counter()
+                self._scorer.warm_up(self.model, None)
+                self._warm_up_seconds += time.perf_counter() - start
         check = check_seconds(batches or 1)
         every = floor_every or 1
         if rate > 0:
@@ -451,7 +459,7 @@ class ASWA(AveragingCallback):
                 + f" (a training batch took {1000 * step_seconds:.1f} ms, "
                 f"a check {1000 * check:.1f} ms, "
                 f"check_budget={self.check_budget:g} of the training time; "
-                f"the warm-up before training took {self._warm_up_seconds:.1f} s)."
+                f"the warm-up took {self._warm_up_seconds:.1f} s)."
             )
         return every
 
@@ -577,8 +585,8 @@ class ASWA(AveragingCallback):
             f"ASWA summary: {len(self.history)} decisions ({decisions}); "
             f"ensemble of {self.ensemble_size} snapshot(s){span}; best "
             f"{self.monitor} {best}; checks took {self.timing['checks']:.1f} s, "
-            f"{100 * share:.1f}% of the fit's {fit:.1f} s (warm-up before "
-            f"training: {self._warm_up_seconds:.1f} s)."
+            f"{100 * share:.1f}% of the fit's {fit:.1f} s (warm-up: "
+            f"{self._warm_up_seconds:.1f} s)."
         )
 
     def _describe(self, record, before):
