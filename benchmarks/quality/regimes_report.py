@@ -41,8 +41,16 @@ REGIME_TITLES = {
 }
 
 
-def _ordered(methods) -> list[str]:
-    """`methods` in report order: ORDER, then the step-level ASWAs."""
+def _ordered(entries: dict, attribute: str) -> list[str]:
+    """The methods `Config.<attribute>` names in any configuration, in
+    report order: ORDER, then the step-level ASWAs."""
+    methods = list(
+        dict.fromkeys(
+            m
+            for e in entries.values()
+            for m in getattr(Config(**e["config"]), attribute)
+        )
+    )
     known = [m for m in ORDER if m in methods]
     return known + [m for m in methods if m not in ORDER]
 
@@ -56,12 +64,7 @@ def _wtl(h: dict) -> str:
 
 def _means_table(entries: dict) -> list[str]:
     """Test accuracy (%) per configuration and method, mean ± std over seeds."""
-    methods = []
-    for entry in entries.values():
-        for m in Config(**entry["config"]).methods:
-            if m not in methods:
-                methods.append(m)
-    methods = _ordered(methods)
+    methods = _ordered(entries, "methods")
     lines = table_head(["configuration", "seeds", *methods])
     for key, entry in entries.items():
         s = entry["summary"]["methods"]
@@ -82,12 +85,7 @@ def _means_table(entries: dict) -> list[str]:
 
 def _versus_table(entries: dict) -> list[str]:
     """W/T/L, mean difference and Wilcoxon p of each ASWA against each baseline."""
-    baselines = []
-    for entry in entries.values():
-        for m in Config(**entry["config"]).baseline_methods:
-            if m not in baselines:
-                baselines.append(m)
-    baselines = _ordered(baselines)
+    baselines = _ordered(entries, "baseline_methods")
     lines = table_head(["configuration", "ASWA", *(f"vs {b}" for b in baselines)])
     totals = {}
     for key, entry in entries.items():
