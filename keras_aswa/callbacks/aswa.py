@@ -98,7 +98,8 @@ class ASWA(AveragingCallback):
             and the evaluation timed on one batch and on the most a check
             may use (medians of three calls), which gives its fixed and its
             per-batch seconds (once `K` is chosen, one more evaluation on
-            `K` batches compiles their shapes, in the warm-up too); the
+            `K` batches, where neither was on `K`, compiles their shapes, in
+            the warm-up too); the
             first five training batches are timed,
             and each affords `check_budget` times their median time of
             checks. Then `K` is all the validation batches, at most 32,
@@ -344,13 +345,8 @@ class ASWA(AveragingCallback):
         can fall on a busy moment. Their time counts as warm-up."""
 
         def timed(steps):
-            times = []
-            for _ in range(_TIMED_EVALUATIONS):
-                start = time.perf_counter()
-                self._scorer.warm_up(model, steps)
-                times.append(time.perf_counter() - start)
-            self._warm_up_seconds += sum(times)
-            return float(np.median(times))
+            runs = range(_TIMED_EVALUATIONS)
+            return float(np.median([self._evaluate_once(model, steps) for _ in runs]))
 
         most = self._scorer.batches()
         if self.validation_steps is not None or most is None:
@@ -362,6 +358,15 @@ class ASWA(AveragingCallback):
         # Per batch: the slope between the two, never below zero (noise).
         per_batch = max(0.0, (timed(most) - one) / (most - 1))
         return max(0.0, one - per_batch), per_batch
+
+    def _evaluate_once(self, model, steps) -> float:
+        """Evaluates once on `steps` batches (see `Scorer.warm_up`); its
+        seconds, which count as warm-up."""
+        start = time.perf_counter()
+        self._scorer.warm_up(model, steps)
+        seconds = time.perf_counter() - start
+        self._warm_up_seconds += seconds
+        return seconds
 
     def _warn_if_no_check(self) -> None:
         steps, epochs = (
@@ -421,6 +426,7 @@ class ASWA(AveragingCallback):
             # frequent checks on _MIN_BATCHES beat rare ones on more (the
             # quality benchmark's 2-epoch runs).
             aim_every = max(1, steps // _AIMED_CHECKS) if steps else None
+            there = batches
             fewest = min(batches, _MIN_BATCHES)
             if affordable(aim_every) >= fewest:
                 batches = min(batches, _MAX_BATCHES, affordable(aim_every))
@@ -432,13 +438,13 @@ class ASWA(AveragingCallback):
                 # the last model (the quality benchmark's fine-tuning runs).
                 floor_every = steps
                 batches = fewest
+            timed_on = (1, min(there, _MAX_BATCHES))  # by _time_evaluations
             self._scorer.limit(batches)
-            # Compiled now for the shapes of K batches (a last, shorter one),
-            # not in the first check; counted as warm-up.
-            with rng_preserved():
-                start = time.perf_counter()
-                self._scorer.warm_up(self.model, None)
-                self._warm_up_seconds += time.perf_counter() - start
+            if batches not in timed_on:
+                # Compiled now for the shapes of K batches (a last, shorter
+                # one), not in the first check.
+                with rng_preserved():
+                    self._evaluate_once(self.model, None)
         check = check_seconds(batches or 1)
         every = floor_every or 1
         if rate > 0:
