@@ -266,9 +266,11 @@ def render_regimes_markdown(result: dict, out: Path) -> str:
         )
     for run in [result, *others.values()]:
         for extra in run.get("other_runs", []):
+            again = " (run again: these results replace the earlier ones)"
             lines.append(
                 f"- {run['environment']['backend']}, {', '.join(extra['configs'])}: "
-                f"from a separate run, `{extra['command']}`; seeds {extra['seeds']}; "
+                f"from a separate run{again if extra.get('replaced') else ''}, "
+                f"`{extra['command']}`; seeds {extra['seeds']}; "
                 f"{extra['date']}; {extra['runtime_seconds'] / 60:.1f} min"
             )
     lines += ["", *_setup()]

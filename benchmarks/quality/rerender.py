@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.quality.config import Config, metric_names
+from benchmarks.quality.config import Config, metric_names, step_method
 from benchmarks.quality.regimes_report import render_regimes_markdown
 from benchmarks.quality.report import render_markdown
 from benchmarks.quality.results import history_columns, write_json
@@ -55,7 +55,8 @@ def rerender_regimes(out: Path, include: list[str]) -> dict:
     """Re-renders quality-regimes.md from quality-regimes.json, merging the
     regime runs (and smoke runs) given in `include`: another backend's into
     a section of its own, a run on a backend already in the report into that
-    backend's configurations (the configurations must be new)."""
+    backend's configurations, where it replaces the results of those it ran
+    again (e.g. after a rule changed: the report says which)."""
     result = json.loads((out / "quality-regimes.json").read_text())
     for path in include:
         res = json.loads(Path(path).read_text())
@@ -71,13 +72,15 @@ def rerender_regimes(out: Path, include: list[str]) -> dict:
         if mine is None:
             others[backend] = res
             continue
-        clash = set(res["configs"]) & set(mine["configs"])
-        if clash:
-            raise ValueError(f"{path}: {sorted(clash)} are in the report already")
+        again = set(res["configs"]) & set(mine["configs"])
+        runs = mine.setdefault("other_runs", [])
+        for run in runs:  # each configuration's results come from one run
+            run["configs"] = [c for c in run["configs"] if c not in again]
+        runs[:] = [run for run in runs if run["configs"]]
         mine["configs"].update(res["configs"])
-        mine.setdefault("other_runs", []).append(
+        runs.append(
             {k: res.get(k) for k in ("command", "date", "runtime_seconds", "seeds")}
-            | {"configs": list(res["configs"])}
+            | {"configs": list(res["configs"]), "replaced": sorted(again)}
         )
     if not result.get("other_backends"):
         result.pop("other_backends", None)
@@ -92,7 +95,9 @@ def _merge_steps(result: dict, path: str) -> None:
     Its new configurations (e.g. the long ones, run apart) join whole; more
     seeds of a configuration join its records, by seed. A configuration run
     again with more step-level variants (e.g. `"auto"` beside the fixed N)
-    and otherwise the same settings replaces the earlier run of it.
+    and otherwise the same settings replaces the earlier run of it; run again
+    with some of its step-level variants only (e.g. `"auto"` after its rule
+    changed), on the same seeds, it replaces those variants' results.
     """
     res = json.loads(Path(path).read_text())
     for key, entry in res["configs"].items():
@@ -100,11 +105,14 @@ def _merge_steps(result: dict, path: str) -> None:
         if mine is None or _widens(entry["config"], mine["config"]):
             result["configs"][key] = entry
             continue
-        if mine["config"] != entry["config"]:
+        if _widens(mine["config"], entry["config"]):
+            _replace_variants(mine, entry, f"{path}: {key}")
+        elif mine["config"] != entry["config"]:
             raise ValueError(f"{path}: {key} was run with other settings")
-        seeds = {r["seed"] for r in mine["records"]}
-        mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
-        mine["records"].sort(key=lambda r: r["seed"])
+        else:
+            seeds = {r["seed"] for r in mine["records"]}
+            mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
+            mine["records"].sort(key=lambda r: r["seed"])
         cfg = Config(**mine["config"])
         mine["summary"] = summarize(
             mine["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
@@ -119,6 +127,36 @@ def _merge_steps(result: dict, path: str) -> None:
             "load_average_at_end": env.get("load_average_at_end"),
         }
     )
+
+
+def _replace_variants(mine: dict, entry: dict, where: str) -> None:
+    """Puts `entry`'s step-level results in place of `mine`'s, seed by seed.
+
+    Raises:
+        ValueError: If the seeds differ, or a seed's last model does: the
+            other methods were read off a trajectory the new run did not
+            retrace.
+    """
+    methods = [step_method(n) for n in entry["config"]["step_freqs"]]
+    records = {r["seed"]: r for r in entry["records"]}
+    if set(records) != {r["seed"] for r in mine["records"]}:
+        raise ValueError(f"{where}: a rerun of some variants needs the same seeds")
+    for record in mine["records"]:
+        new = records[record["seed"]]
+        if new["metrics"]["last"] != record["metrics"]["last"]:
+            raise ValueError(
+                f"{where}: seed {record['seed']} trained otherwise (its last "
+                "model differs), so its variants cannot be replaced alone"
+            )
+        for method in methods:
+            record["metrics"][method] = new["metrics"][method]
+            record["step_aswa"][method] = new["step_aswa"][method]
+    # Their fit times against the rerun's own plain fits.
+    timing, new_timing = mine.get("step_timing"), entry.get("step_timing")
+    if timing and new_timing:
+        for part in ("seconds", "median", "over_plain"):
+            for method in methods:
+                timing[part][method] = new_timing[part][method]
 
 
 def _widens(new: dict, old: dict) -> bool:

@@ -96,13 +96,13 @@ class ASWA(AveragingCallback):
             batch) and the averaging (on a dry run) are compiled before
             training, in a warm-up reported apart in `timing["warm_up"]`,
             and the evaluation timed on one batch and on the most a check
-            may use (medians of three calls), which gives its fixed and its
-            per-batch seconds (once `K` is chosen, one more evaluation on
-            `K` batches, where neither was on `K`, compiles their shapes, in
-            the warm-up too); the
-            first five training batches are timed,
-            and each affords `check_budget` times their median time of
-            checks. Then `K` is all the validation batches, at most 32,
+            may use (the faster of two calls where the first may compile),
+            which gives its fixed and its per-batch seconds (once `K` is
+            chosen, one more evaluation on `K` batches, where neither was on
+            `K`, compiles their shapes, in the warm-up too); the first five
+            training batches are timed, and each affords `check_budget`
+            times their median time of checks. Then `K` is all the
+            validation batches, at most 32,
             fewer where that keeps eight checks per epoch within the budget,
             but at least 8 (or all, where fewer): frequent checks on 8
             batches chose better ensembles than rare ones on more; and `N`
@@ -117,8 +117,9 @@ class ASWA(AveragingCallback):
             `N` from the batch where it is chosen on. `start_from_epoch`
             still counts epochs.
         check_budget: With `update_freq="auto"`, the share of the fit's
-            training time the checks may take (0.1: a tenth); the warm-up
-            before training comes on top.
+            training time the checks may take (0.1: a tenth), except where
+            one check an epoch on 8 batches exceeds it; the warm-up before
+            training comes on top.
         variables: Which variables the ensemble holds. None (the default):
             what training changes, i.e. the trainable variables and the
             non-trainable float variables of trainable layers (BatchNorm
@@ -341,18 +342,18 @@ class ASWA(AveragingCallback):
         """An evaluation's cost as `(fixed, per_batch)` seconds: a call's
         overhead and each batch's share, from evaluations on 1 batch and on
         the most a check may use (where the batches are a choice; else
-        `(one check's evaluation, 0)`). Each the median of a few calls: one
-        can fall on a busy moment. Their time counts as warm-up."""
+        `(one check's evaluation, 0)`). Where an evaluation's shapes may be
+        new (its last batch shorter), the faster of two calls: the first may
+        compile, and noise only adds. Their time counts as warm-up."""
 
-        def timed(steps):
-            runs = range(_TIMED_EVALUATIONS)
-            return float(np.median([self._evaluate_once(model, steps) for _ in runs]))
+        def timed(steps, calls=2):
+            return min(self._evaluate_once(model, steps) for _ in range(calls))
 
         most = self._scorer.batches()
         if self.validation_steps is not None or most is None:
             return timed(None), 0.0
         most = min(most, _MAX_BATCHES)
-        one = timed(1)
+        one = timed(1, calls=1)  # its shapes compiled by the warm-up
         if most == 1:
             return one, 0.0
         # Per batch: the slope between the two, never below zero (noise).
@@ -399,9 +400,9 @@ class ASWA(AveragingCallback):
         gaps = np.diff(self._stamps[1:])
         step_seconds = float(np.median(gaps)) if gaps.size else now - self._fit_start
         # The seconds of checks a training batch affords. The warm-up, spent
-        # once, is not counted: charged to the budget, it left a short fit
-        # checks on one or two batches, whose ensembles scored below the last
-        # model (Fashion-MNIST, 2 epochs of an MLP).
+        # once, is not charged: on a fit of a few seconds it takes most of
+        # the budget, and a rule that charged it checked a 2-epoch MLP on
+        # Fashion-MNIST once an epoch, i.e. kept the last model.
         rate = self.check_budget * step_seconds
         # Two checks an epoch at least, or one where two on _MIN_BATCHES
         # batches would exceed the budget: fewer checks, each on enough data.
@@ -618,7 +619,6 @@ class ASWA(AveragingCallback):
 # with the weights: on Fashion-MNIST, checks on 1 to 4 batches chose worse
 # ensembles).
 _TIMED_BATCHES = 5
-_TIMED_EVALUATIONS = 3
 _CHECKS_PER_EPOCH = 2
 _AIMED_CHECKS = 8
 _MIN_BATCHES = 8

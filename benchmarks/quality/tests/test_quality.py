@@ -423,8 +423,16 @@ def test_regimes_report_rerenders_and_merges(smoke, tmp_path):
     assert "x/mlp-apart" in merged["configs"]
     md = (tmp_path / "quality-regimes.md").read_text()
     assert "x/mlp-apart: from a separate run, `python -m benchmarks.quality" in md
-    with pytest.raises(ValueError, match="in the report already"):
-        main([*args, "--include", str(tmp_path / "apart.json")])
+    # Run again (e.g. after a rule changed): its results replace the earlier.
+    apart["configs"]["x/mlp-apart"]["records"][0]["seed"] = 99
+    apart["command"] += " --again"
+    (tmp_path / "again.json").write_text(json.dumps(apart))
+    merged = main([*args, "--include", str(tmp_path / "again.json")])
+    assert merged["configs"]["x/mlp-apart"]["records"][0]["seed"] == 99
+    md = (tmp_path / "quality-regimes.md").read_text()
+    assert md.count("x/mlp-apart: from a separate run") == 1
+    assert "x/mlp-apart: from a separate run (run again: these results" in md
+    assert "--only x --again`" in md
 
 
 def test_unknown_regime_is_an_error():
@@ -636,3 +644,75 @@ def test_finetune_variants_train_what_they_say(tmp_path):
         "lora_kernel_b",
     ]
     assert len(counts["full"]) == 2 + 2 * 2 + 2 + 2  # convs, BN gamma/beta, dense
+
+
+def _steps_run(step_freqs, auto_accuracy, last_accuracy=0.8):
+    """A step-level run's JSON as the benchmark writes it (two seeds)."""
+    config = {
+        "dataset": "fashion_mnist",
+        "model": "mlp",
+        "epochs": 2,
+        "batch_size": 128,
+        "learning_rate": 1e-3,
+        "monitor": "val_accuracy",
+        "mode": "max",
+        "step_freqs": step_freqs,
+        "validation_steps": 20,
+        "variant": "2ep",
+    }
+    methods = Config(**config).methods
+    records = [
+        {
+            "seed": seed,
+            "metrics": {
+                m: {
+                    "accuracy": auto_accuracy if m == "aswa_auto" else last_accuracy,
+                    "val": 0.5,
+                }
+                for m in methods
+            },
+            "step_aswa": {
+                m: {"checks": seed} for m in methods if m.startswith("aswa_")
+            },
+        }
+        for seed in (1, 2)
+    ]
+    timing = {
+        part: {m: auto_accuracy for m in ("plain", "aswa_n50", "aswa_auto")}
+        for part in ("seconds", "median", "over_plain")
+    }
+    entry = {"config": config, "records": records, "step_timing": timing, "seconds": 1}
+    return {
+        "command": "x",
+        "date": "d",
+        "runtime_seconds": 1,
+        "seeds": [1, 2],
+        "configs": {"fashion_mnist/mlp-2ep": entry},
+        "environment": {"load_average_at_start": [0, 0, 0]},
+    }
+
+
+def test_a_rerun_of_some_step_variants_replaces_only_theirs(tmp_path):
+    from benchmarks.quality.rerender import _merge_steps
+
+    result = _steps_run([50, "auto"], auto_accuracy=0.1)
+    (tmp_path / "rerun.json").write_text(json.dumps(_steps_run(["auto"], 0.9)))
+    _merge_steps(result, str(tmp_path / "rerun.json"))
+    entry = result["configs"]["fashion_mnist/mlp-2ep"]
+    assert entry["config"]["step_freqs"] == [50, "auto"]
+    for record in entry["records"]:
+        assert record["metrics"]["aswa_auto"]["accuracy"] == 0.9
+        assert record["metrics"]["aswa_n50"]["accuracy"] == 0.8
+    assert entry["summary"]["methods"]["aswa_auto"]["accuracy"]["mean"] == 0.9
+    over_plain = entry["step_timing"]["over_plain"]
+    assert (over_plain["plain"], over_plain["aswa_n50"], over_plain["aswa_auto"]) == (
+        0.1,
+        0.1,
+        0.9,
+    )
+    # Another trajectory (its last model differs): refused.
+    (tmp_path / "other.json").write_text(
+        json.dumps(_steps_run(["auto"], 0.9, last_accuracy=0.7))
+    )
+    with pytest.raises(ValueError, match="trained otherwise"):
+        _merge_steps(result, str(tmp_path / "other.json"))
