@@ -67,12 +67,9 @@ def _fashion(seed: int):
 
 
 def _finetune(seed: int):
-    import runpy
+    from benchmarks.quality.training import finetune_lora_example
 
-    from benchmarks.machine import REPO
-
-    example = runpy.run_path(str(REPO / "examples" / "finetune_lora.py"))
-    job = example["prepare"](seed=seed)
+    job = finetune_lora_example()["prepare"](seed=seed)
     x, y = job["train"]
     fit = {
         "x": x,

@@ -25,11 +25,13 @@ benchmarks/out/smoke-<backend>)::
 
     python -m benchmarks.quality --smoke --backend torch
 
-The regimes study (`--regime`, any of finetune, small, rich, or all):
+The regimes study (`--regime`, any of finetune, small, rich, text, or all):
 fine-tuning a pretrained CNN (full, frozen backbone, LoRA; two learning
-rates each), small data (2,000 images, val_loss and val_accuracy) and the
-data-rich Fashion-MNIST grid, with two more baselines read off the same run
-(``best_step``, ``ema_tuned``); writes OUT/quality-regimes.json/.md::
+rates each), small data (2,000 images, val_loss and val_accuracy), the
+data-rich Fashion-MNIST grid and text (`examples/finetune_lora.py`'s LoRA
+fine-tune of a pretrained keras-hub BERT), with two more baselines read off
+the same run (``best_step``, ``ema_tuned``); writes
+OUT/quality-regimes.json/.md::
 
     python -m benchmarks.quality --regime finetune,small --backend tensorflow \
         --seeds 1-5 --out benchmarks/out/regimes-tensorflow

@@ -5,7 +5,7 @@ No Keras here: the report code reads configurations back from the JSON.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 METHODS = ("last", "early_stopping", "swa", "ema", "aswa")
 METHOD_LABELS = {
@@ -53,7 +53,7 @@ def method_label(method: str) -> str:
 # that scores best on validation (tracked beside the optimizer's own).
 EXTRA_BASELINES = ("best_step", "ema_tuned")
 EMA_MOMENTA = (0.9, 0.99, 0.999)
-REGIMES = ("finetune", "small", "rich")
+REGIMES = ("finetune", "small", "rich", "text")
 # Fine-tuning: a CNN pretrained on Fashion-MNIST classes 0-4, fine-tuned on
 # FINETUNE_TRAIN images of classes 5-9; LoRA of rank LORA_RANK on the
 # backbone's Dense layer (Keras has no LoRA for convolutions).
@@ -69,6 +69,17 @@ FINETUNE_TRAIN, FINETUNE_VAL = 1000, 500  # images, 5 classes, balanced
 SMALL_TRAIN, SMALL_VAL = 2000, 500  # images, 10 classes, balanced
 SMALL_EPOCHS = 40
 PRETRAIN_EPOCHS = 2
+# Text: examples/finetune_lora.py's task at its own settings (`prepare`'s
+# defaults; a test holds them to it): its keras-hub BERT classifier on the
+# small backbone pretrained in examples/data/austen_bert, mixed_bfloat16,
+# LoRA of rank LORA_RANK, AdamW, on the example's fixed split of paragraphs
+# of Jane Austen's six novels. Smoke: the example's slices, batch and sequence
+# length, but 2 epochs, so that each ASWA decides after its first snapshot
+# (in 1 epoch of 7 batches "auto", which times 5 first, checks once).
+TEXT_DATASET = "austen"
+TEXT_EPOCHS, TEXT_BATCH_SIZE, TEXT_LEARNING_RATE = 6, 32, 1e-2
+TEXT_SEQUENCE_LENGTH, SMOKE_TEXT_SEQUENCE_LENGTH = 128, 32
+SMOKE_TEXT = {"epochs": 2, "batch_size": 16}
 
 IMAGE_DATASETS = ("fashion_mnist", "digits")
 KG_DATASETS = ("umls", "nations")
@@ -130,6 +141,12 @@ class Config:
         """Step-level ASWA's monitor and mode."""
         monitor = self.step_monitor or STEP_MONITOR
         return monitor, "min" if monitor.endswith("loss") else "max"
+
+    @property
+    def optimizer(self) -> str:
+        """The optimizer's class: Adam, or AdamW where the text regime's
+        example trains with it."""
+        return "AdamW" if self.dataset == TEXT_DATASET else "Adam"
 
     @property
     def is_kg(self) -> bool:
@@ -196,12 +213,14 @@ def configs(
 
 
 def regime_configs(regimes, smoke: bool, only=None) -> list[Config]:
-    """The regimes study: fine-tuning, small data and the data-rich grid.
+    """The regimes study: fine-tuning, small data, the data-rich grid and
+    text (LoRA on a pretrained BERT).
 
     Every configuration reads off the extra baselines (`EXTRA_BASELINES`) and
     step-level ASWA with `update_freq="auto"` (the data-rich ones also the
     fixed N of `STEP_FREQS`, as in the classic grid). Smoke: one learning rate
-    per fine-tuning variant, 3 epochs, the data-rich MLP only.
+    per fine-tuning variant, 3 epochs, the data-rich MLP only; text as
+    `SMOKE_TEXT`.
     """
     extra = {"baselines": EXTRA_BASELINES}
     grid = []
@@ -251,6 +270,21 @@ def regime_configs(regimes, smoke: bool, only=None) -> list[Config]:
                 Config(**{**asdict(c), "regime": regime, **extra})
                 for c in (rich[:1] if smoke else rich)
             ]
+        elif regime == "text":
+            text = Config(
+                TEXT_DATASET,
+                "bert",
+                TEXT_EPOCHS,
+                TEXT_BATCH_SIZE,
+                TEXT_LEARNING_RATE,
+                "val_accuracy",
+                "max",
+                step_freqs=("auto",),
+                variant="lora",
+                regime=regime,
+                **extra,
+            )
+            grid.append(replace(text, **SMOKE_TEXT) if smoke else text)
         else:
             raise ValueError(f"unknown regime {regime!r}; have {REGIMES}")
     if smoke:

@@ -19,6 +19,10 @@ from benchmarks.quality.config import (
     SMALL_EPOCHS,
     SMALL_TRAIN,
     SMALL_VAL,
+    TEXT_BATCH_SIZE,
+    TEXT_EPOCHS,
+    TEXT_LEARNING_RATE,
+    TEXT_SEQUENCE_LENGTH,
     Config,
     method_label,
 )
@@ -38,6 +42,8 @@ REGIME_TITLES = {
     "finetune": "Fine-tuning a pretrained CNN (classes 0-4 → 5-9, 1,000 images)",
     "small": "Small data, overfitting (2,000 images, MLP)",
     "rich": "Data-rich (Fashion-MNIST, 54,000 images)",
+    "text": "Fine-tuning a pretrained BERT with LoRA (Austen's novels, 1,000 "
+    "paragraphs)",
 }
 
 
@@ -136,9 +142,9 @@ def _details(entries: dict) -> list[str]:
         )
         fit_s = [r["fit_seconds"] for r in recs]
         lines += [
-            f"- **{key}**: {cfg.epochs} epochs, batch {cfg.batch_size}, Adam "
-            f"{cfg.learning_rate:g}, monitor `{cfg.monitor}` (step-level: "
-            f"`{cfg.step_watch[0]}`); data {sizes}; fit {min(fit_s):.0f}-"
+            f"- **{key}**: {cfg.epochs} epochs, batch {cfg.batch_size}, "
+            f"{cfg.optimizer} {cfg.learning_rate:g}, monitor `{cfg.monitor}` "
+            f"(step-level: `{cfg.step_watch[0]}`); data {sizes}; fit {min(fit_s):.0f}-"
             f"{max(fit_s):.0f} s a seed. Early stopping's best epoch "
             f"{[r['early_stopping_best_epoch'] for r in recs]}; best step-level "
             f"check at batch {best} (epoch {best_epoch}); `aswa_auto` (N, K) "
@@ -178,9 +184,61 @@ def _backend_section(run: dict, level: str) -> list[str]:
     return lines
 
 
-def _setup() -> list[str]:
-    momenta = ", ".join(f"{m:g}" for m in EMA_MOMENTA)
+def _regime_setup() -> dict[str, str]:
+    """Each regime's set-up, the bullet that describes it."""
     lrs = "; ".join(f"{ft} {lo:g} and {hi:g}" for ft, (lo, hi) in FINETUNE_LRS.items())
+    return {
+        "finetune": (
+            "- Fine-tuning: a CNN (two Conv-BatchNorm-ReLU-MaxPool blocks, "
+            "Dense 64) pretrained once per backend on the training images of "
+            f"Fashion-MNIST classes 0-4 ({PRETRAIN_EPOCHS} epochs, seed 0, cached), "
+            f"fine-tuned under a new 5-way head on {FINETUNE_TRAIN} training images "
+            f"of classes 5-9 (200 a class); validation: {FINETUNE_VAL} other "
+            "training images of classes 5-9; test: the 5,000 test images of classes "
+            "5-9. Variants: `full` (everything trains, BatchNorm statistics too), "
+            "`frozen` (only the head trains), `lora` (LoRA of rank "
+            f"{LORA_RANK} on the backbone's Dense layer via `Dense.enable_lora`, "
+            "the head trained in full; the convolutions and BatchNorm are frozen, "
+            "as Keras has LoRA for Dense and EinsumDense layers only). "
+            f"{FINETUNE_EPOCHS} epochs, batch 32, at constant Adam learning rates "
+            f"({lrs}): at the lower one of each variant the runs are still "
+            "improving at the end, at the higher one they have converged (chosen "
+            "by a sweep, docs/benchmarks.md)."
+        ),
+        "small": (
+            f"- Small data: an MLP (256-128) on {SMALL_TRAIN} training images (200 a "
+            f"class), validation {SMALL_VAL} other training images, test the 10,000 "
+            f"test images; {SMALL_EPOCHS} epochs of Adam 1e-3 at batch 32, long "
+            "enough to overfit; two configurations, every selecting method (early "
+            "stopping, best_step, ASWA at both levels, the EMA's momentum) on "
+            "`val_loss` or on `val_accuracy`."
+        ),
+        "rich": (
+            "- Data-rich: the quality benchmark's Fashion-MNIST configurations, "
+            "unchanged, with the extra baselines read off."
+        ),
+        "text": (
+            "- Text: `examples/finetune_lora.py`'s task and settings: which of "
+            "Jane Austen's six novels a paragraph comes from, on the example's "
+            "fixed split (1,000 training, 200 validation, 300 test paragraphs), "
+            f"as word-level token ids, {TEXT_SEQUENCE_LENGTH} a paragraph; its "
+            "keras-hub `BertTextClassifier` on the small BERT backbone pretrained "
+            "(masked language model, training paragraphs only) in "
+            "`examples/data/austen_bert`, mixed_bfloat16, a new 6-way head, "
+            f"LoRA of rank {LORA_RANK} on the backbone (`backbone.enable_lora` "
+            "freezes it: the EMAs and ensembles hold the LoRA factors, the head "
+            f"and the query and value biases). {TEXT_EPOCHS} epochs, batch "
+            f"{TEXT_BATCH_SIZE}, constant AdamW {TEXT_LEARNING_RATE:g}, as the "
+            "example, but the batches shuffled every epoch (keras-hub's fit, "
+            "which the example uses, keeps one order)."
+        ),
+    }
+
+
+def _setup(regimes: set[str]) -> list[str]:
+    """The set-up: the methods, then each regime in `regimes` (those the
+    report holds)."""
+    momenta = ", ".join(f"{m:g}" for m in EMA_MOMENTA)
     return [
         "## Set-up",
         "",
@@ -213,29 +271,7 @@ def _setup() -> list[str]:
         "the momentum whose weights score best on the validation split "
         "(the configuration's monitor; ties go to 0.99) is taken, and its test "
         "score reported.",
-        "- Fine-tuning: a CNN (two Conv-BatchNorm-ReLU-MaxPool blocks, "
-        "Dense 64) pretrained once per backend on the training images of "
-        f"Fashion-MNIST classes 0-4 ({PRETRAIN_EPOCHS} epochs, seed 0, cached), "
-        f"fine-tuned under a new 5-way head on {FINETUNE_TRAIN} training images "
-        f"of classes 5-9 (200 a class); validation: {FINETUNE_VAL} other "
-        "training images of classes 5-9; test: the 5,000 test images of classes "
-        "5-9. Variants: `full` (everything trains, BatchNorm statistics too), "
-        "`frozen` (only the head trains), `lora` (LoRA of rank "
-        f"{LORA_RANK} on the backbone's Dense layer via `Dense.enable_lora`, "
-        "the head trained in full; the convolutions and BatchNorm are frozen, "
-        "as Keras has LoRA for Dense and EinsumDense layers only). "
-        f"{FINETUNE_EPOCHS} epochs, batch 32, at constant Adam learning rates "
-        f"({lrs}): at the lower one of each variant the runs are still "
-        "improving at the end, at the higher one they have converged (chosen "
-        "by a sweep, docs/benchmarks.md).",
-        f"- Small data: an MLP (256-128) on {SMALL_TRAIN} training images (200 a "
-        f"class), validation {SMALL_VAL} other training images, test the 10,000 "
-        f"test images; {SMALL_EPOCHS} epochs of Adam 1e-3 at batch 32, long "
-        "enough to overfit; two configurations, every selecting method (early "
-        "stopping, best_step, ASWA at both levels, the EMA's momentum) on "
-        "`val_loss` or on `val_accuracy`.",
-        "- Data-rich: the quality benchmark's Fashion-MNIST configurations, "
-        "unchanged, with the extra baselines read off.",
+        *(b for r, b in _regime_setup().items() if r in regimes),
         "- Seeds vary initialisation (the head's, LoRA's) and batch order; the "
         "splits are fixed. With 5 seeds the smallest two-sided Wilcoxon p is "
         "0.0625.",
@@ -246,7 +282,7 @@ def _setup() -> list[str]:
 def render_regimes_markdown(result: dict, out: Path) -> str:
     """quality-regimes.md: each backend's regimes, ASWA against every baseline."""
     kind = (
-        "SMOKE run (tiny data, 3 epochs: not quality results)"
+        "SMOKE run (tiny data, 2-3 epochs: not quality results)"
         if result["smoke"]
         else "full run"
     )
@@ -273,7 +309,9 @@ def render_regimes_markdown(result: dict, out: Path) -> str:
                 f"`{extra['command']}`; seeds {extra['seeds']}; "
                 f"{extra['date']}; {extra['runtime_seconds'] / 60:.1f} min"
             )
-    lines += ["", *_setup()]
+    runs = [result, *others.values(), *(result.get("smoke_runs") or {}).values()]
+    regimes = {e["config"]["regime"] for run in runs for e in run["configs"].values()}
+    lines += ["", *_setup(regimes)]
     for run in [result, *others.values()]:
         lines += [f"## {run['environment']['backend']}", ""]
         lines += _backend_section(run, "###")

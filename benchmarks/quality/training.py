@@ -5,6 +5,8 @@ Everything here needs Keras (the backend is fixed at its first import).
 
 from __future__ import annotations
 
+import functools
+import runpy
 import time
 from pathlib import Path
 
@@ -18,11 +20,15 @@ from benchmarks.datasets import (
     load_kg,
     split_validation,
 )
+from benchmarks.machine import REPO
 from benchmarks.quality.config import (
     EMA_MOMENTA,
     KG_DATASETS,
     LORA_RANK,
     PRETRAIN_EPOCHS,
+    SMOKE_TEXT_SEQUENCE_LENGTH,
+    TEXT_DATASET,
+    TEXT_SEQUENCE_LENGTH,
     Config,
 )
 from benchmarks.quality.regimes import FINETUNE_CLASSES, regime_arrays
@@ -37,8 +43,11 @@ def load_data(dataset: str, smoke: bool, cache_dir: Path | None = None) -> dict:
     Splits are fixed (seed 0), so seeds vary only initialisation and batch
     order, and every method of a seed sees exactly the same data. The
     fine-tuning regime's data also holds the pretrained backbone's weights
-    (`pretrained_backbone`, cached in `cache_dir`).
+    (`pretrained_backbone`, cached in `cache_dir`); the text regime's is
+    `text_data`.
     """
+    if dataset == TEXT_DATASET:
+        return text_data(smoke)
     if dataset in REGIME_DATASETS:
         data = regime_arrays(dataset, smoke, load_fashion_mnist())
         if dataset == "fmnist_finetune":
@@ -86,6 +95,29 @@ def load_data(dataset: str, smoke: bool, cache_dir: Path | None = None) -> dict:
         "x_test": x_test,
         "y_test": y_test,
     }
+
+
+@functools.cache
+def finetune_lora_example() -> dict:
+    """examples/finetune_lora.py's globals: its data, tokenizer and model
+    functions, reused as they are (a script, not a module: run once)."""
+    return runpy.run_path(str(REPO / "examples" / "finetune_lora.py"))
+
+
+def text_data(smoke: bool) -> dict:
+    """The example's fixed split of the paragraphs (smoke: its slices of it),
+    as the token ids its classifier takes (`TEXT_SEQUENCE_LENGTH`, smoke
+    `SMOKE_TEXT_SEQUENCE_LENGTH`), and the number of novels."""
+    example = finetune_lora_example()
+    vocabulary = example["load_vocabulary"]()
+    length = SMOKE_TEXT_SEQUENCE_LENGTH if smoke else TEXT_SEQUENCE_LENGTH
+    data = {"classes": len(example["load_paragraphs"]()[2])}
+    for name, (texts, labels) in zip(
+        ("train", "val", "test"), example["austen_split"](smoke), strict=True
+    ):
+        data[f"x_{name}"] = example["tokenize"](texts, vocabulary, length)
+        data[f"y_{name}"] = labels
+    return data
 
 
 def data_sizes(cfg: Config, data: dict) -> dict:
@@ -194,14 +226,27 @@ def finetune_model(cfg: Config, data: dict) -> keras.Model:
     return model
 
 
+def text_model(data: dict) -> keras.Model:
+    """The example's classifier: its pretrained BERT backbone (mixed_bfloat16)
+    under a new head, LoRA of rank `LORA_RANK` on the backbone, which
+    `enable_lora` freezes (the head, and the attention's query and value
+    biases, train in full), as the example's `prepare` sets it up."""
+    model = finetune_lora_example()["build_classifier"](data["classes"])
+    model.backbone.enable_lora(rank=LORA_RANK)
+    return model
+
+
 def build_model(cfg: Config, data: dict, seed: int, ema: bool) -> keras.Model:
     """A compiled model; the same seed gives the same initial weights."""
     keras.utils.set_random_seed(seed)
     layers = keras.layers
+    # Classifiers: logits of every class; the graphs' models score triples.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = ["accuracy"]
     if cfg.dataset == "fmnist_finetune":
         model = finetune_model(cfg, data)
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = ["accuracy"]
+    elif cfg.dataset == TEXT_DATASET:
+        model = text_model(data)
     elif cfg.is_kg:
         model = kglib.build_kge_model(
             cfg.model, data["kg"], embedding_dim=32, seed=seed, compile=False
@@ -223,10 +268,10 @@ def build_model(cfg: Config, data: dict, seed: int, ema: bool) -> keras.Model:
         model = keras.Sequential(
             [keras.Input(shape), *body, layers.Dense(10)], name=cfg.model
         )
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = ["accuracy"]
-    # epsilon 1e-8 as torch's Adam (the reference library's optimizer).
-    optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=1e-8, use_ema=ema)
+    if cfg.optimizer == "AdamW":  # the text example's, Keras' defaults
+        optimizer = keras.optimizers.AdamW(cfg.learning_rate, use_ema=ema)
+    else:  # epsilon 1e-8 as torch's Adam (the reference library's optimizer)
+        optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=1e-8, use_ema=ema)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
@@ -244,7 +289,12 @@ def fit(cfg: Config, data: dict, model: keras.Model, callbacks: list) -> float:
             verbose=0,
         )
     else:
-        model.fit(
+        # Keras' own fit, which shuffles the batches every epoch: keras-hub's
+        # (the text regime's model) batches arrays into a dataset it never
+        # shuffles, so seeds would not vary the batch order (and the model
+        # has no preprocessor for it to apply). The same fit for the rest.
+        keras.Model.fit(
+            model,
             data["x_train"],
             data["y_train"],
             validation_data=(data["x_val"], data["y_val"]),
@@ -261,11 +311,11 @@ def evaluate(cfg: Config, data: dict, model: keras.Model) -> dict:
     if cfg.is_kg:
         test = kglib.link_prediction_metrics(model, queries=data["test_queries"])
         return {**test, "val": data["valid_score"](model)}
-    test = model.evaluate(
-        data["x_test"], data["y_test"], batch_size=1024, verbose=0, return_dict=True
-    )
-    val = model.evaluate(
-        data["x_val"], data["y_val"], batch_size=1024, verbose=0, return_dict=True
+    # Keras' own evaluate, as `fit` trains: keras-hub's would only batch the
+    # arrays into a dataset first.
+    test, val = (
+        keras.Model.evaluate(model, x, y, batch_size=1024, verbose=0, return_dict=True)
+        for x, y in ((data["x_test"], data["y_test"]), (data["x_val"], data["y_val"]))
     )
     out = {"accuracy": float(test["accuracy"]), "val": float(val["accuracy"])}
     if cfg.regime:

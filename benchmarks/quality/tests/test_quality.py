@@ -23,10 +23,12 @@ from benchmarks.quality.config import (
     FINETUNE_LRS,
     FINETUNE_VARIANTS,
     KG_METRICS,
+    LORA_RANK,
     METHODS,
     REGIMES,
     SMALL_EPOCHS,
     SMOKE_STEP_FREQS,
+    SMOKE_TEXT,
     Config,
     configs,
     parse_seeds,
@@ -40,8 +42,11 @@ from benchmarks.quality.training import (
     BestStepSnapshot,
     LastWeights,
     MultiEMA,
+    build_model,
     cnn_body,
+    finetune_lora_example,
     finetune_model,
+    text_data,
 )
 from keras_aswa import ASWA
 
@@ -375,10 +380,16 @@ def test_smoke_covers_every_regime(smoke):
             )
     sizes = {k: e["data_sizes"] for k, e in result["configs"].items()}
     assert sizes["fmnist_small/mlp-val_loss"] == {"train": 128, "val": 64, "test": 256}
+    # The text example's smoke slices: a tenth of its 1,000 training
+    # paragraphs, 32 of the validation and of the test ones.
+    assert sizes["austen/bert-lora"] == {"train": 100, "val": 32, "test": 32}
     md = (out / "quality-regimes.md").read_text()
     assert "SMOKE run" in md
-    for title in ("Fine-tuning a pretrained CNN", "Small data", "Data-rich"):
+    titles = ("Fine-tuning a pretrained CNN", "Small data", "Data-rich")
+    for title in (*titles, "Fine-tuning a pretrained BERT with LoRA"):
         assert f"### {title}" in md
+    assert "- Text: `examples/finetune_lora.py`'s task" in md
+    assert "epochs, batch 16, AdamW 0.01, monitor `val_accuracy`" in md
     assert "| fmnist_small/mlp-val_loss | aswa_auto |" in md
     assert "vs ema_tuned" in md
 
@@ -452,6 +463,7 @@ def test_regime_grid():
         "fmnist_small/mlp-val_accuracy",
         "fashion_mnist/mlp",
         "fashion_mnist/cnn",
+        "austen/bert-lora",
     ]
     grid = {c.key: c for c in regime_configs(REGIMES, smoke=False)}
     small = grid["fmnist_small/mlp-val_accuracy"]
@@ -475,9 +487,19 @@ def test_regime_grid():
         *(m for m in METHODS if m != "aswa"),
         *EXTRA_BASELINES,
     )
-    assert all(
-        c.epochs == 3 and c.step_freqs for c in regime_configs(REGIMES, smoke=True)
+    for c in regime_configs(REGIMES, smoke=True):
+        assert c.step_freqs and c.baselines == EXTRA_BASELINES
+        epochs = SMOKE_TEXT["epochs"] if c.regime == "text" else 3
+        assert c.epochs == epochs, c.key
+    text = grid["austen/bert-lora"]
+    assert (text.monitor, text.mode, text.step_freqs) == (
+        "val_accuracy",
+        "max",
+        ("auto",),
     )
+    assert (text.optimizer, grid["fashion_mnist/cnn"].optimizer) == ("AdamW", "Adam")
+    (smoke,) = regime_configs(["text"], smoke=True)
+    assert (smoke.epochs, smoke.batch_size) == (2, 16)
 
 
 def test_finetune_splits():
@@ -716,3 +738,77 @@ def test_a_rerun_of_some_step_variants_replaces_only_theirs(tmp_path):
     )
     with pytest.raises(ValueError, match="trained otherwise"):
         _merge_steps(result, str(tmp_path / "other.json"))
+
+
+def test_text_regime_runs_the_examples_settings():
+    """The text regime's data, model and optimizer are examples/finetune_lora.py's
+    `prepare` at its defaults (smoke: at its smoke settings), seeds apart."""
+    prepare = finetune_lora_example()["prepare"]
+    for smoke in (False, True):
+        (cfg,) = regime_configs(["text"], smoke)
+        data = text_data(smoke)
+        job = prepare(smoke=smoke)
+        # The smoke runs 2 epochs where the example's runs 1 (config.py).
+        epochs = SMOKE_TEXT["epochs"] if smoke else job["epochs"]
+        assert (cfg.batch_size, cfg.epochs) == (job["batch_size"], epochs)
+        splits = (job["train"], job["aswa"].validation_data, job["test"])
+        for name, (x, y) in zip(("train", "val", "test"), splits, strict=True):
+            assert set(data[f"x_{name}"]) == set(x)
+            for key in x:
+                np.testing.assert_array_equal(data[f"x_{name}"][key], x[key])
+            np.testing.assert_array_equal(data[f"y_{name}"], y)
+    # The compiled model: the example's, up to the seeded new weights.
+    model, theirs = build_model(cfg, data, seed=1, ema=True), job["model"]
+    assert type(model) is type(theirs)
+    assert model.dtype_policy.name == theirs.dtype_policy.name == "mixed_bfloat16"
+    assert type(model.optimizer) is type(theirs.optimizer)
+    mine, their = model.optimizer.get_config(), theirs.optimizer.get_config()
+    for config in (mine, their):
+        config.pop("name")
+    assert mine == their and mine["use_ema"] is True
+    assert [v.path for v in model.trainable_variables] == [
+        v.path for v in theirs.trainable_variables
+    ]
+    ranks = {
+        v.shape[-1] for v in model.trainable_variables if "lora_kernel_a" in v.path
+    }
+    assert ranks == {LORA_RANK}
+    # The pretrained backbone's frozen weights are the example's.
+    frozen = {v.path: v for v in theirs.non_trainable_variables}
+    for v in model.non_trainable_variables:
+        if "float" in str(v.dtype):  # not the dropout's seed state
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(v),
+                keras.ops.convert_to_numpy(frozen[v.path]),
+            )
+
+
+def test_text_split():
+    """The example's split: fixed, disjoint, every novel in each part; the
+    smoke run's slices are cut from it (the token ids: see the test above)."""
+    example = finetune_lora_example()
+    texts, labels, titles = example["load_paragraphs"]()
+    assert len(titles) == 6 and len(texts) == 1500
+    # The split of the paragraphs' indices, as austen_split splits them.
+    parts = example["split"](
+        np.arange(len(texts)),
+        labels,
+        example["N_VAL"],
+        example["N_TEST"],
+        example["SPLIT_SEED"],
+    )
+    (train, _), (val, _), (test, _) = parts
+    assert (len(train), len(val), len(test)) == (1000, 200, 300)
+    assert len(set(train) | set(val) | set(test)) == len(texts)
+    full = example["austen_split"]()
+    for (ix, _), (x, y) in zip(parts, full, strict=True):
+        np.testing.assert_array_equal(x, texts[ix])
+        np.testing.assert_array_equal(y, labels[ix])
+        assert set(y) == set(range(6))
+    again = example["austen_split"]()
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(full, again, strict=True))
+    smoke = example["austen_split"](smoke=True)
+    np.testing.assert_array_equal(smoke[0][0], full[0][0][::10])
+    for (x, _), (whole, _) in zip(smoke[1:], full[1:], strict=True):
+        np.testing.assert_array_equal(x, whole[:32])
+    assert set(smoke[0][1]) == set(range(6))
