@@ -2,7 +2,8 @@
 
 Two workloads, each fitted alternately without and with
 `ASWA(update_freq="auto", validation_data=...)` (fresh model each time, the
-same seed), `--reps` times each:
+same seed), `--reps` times each (`--fashion-reps` for the short Fashion-MNIST
+fits, whose times move most between runs):
 
 - `finetune`: `examples/finetune_lora.py`'s fine-tuning run (a keras-hub
   BERT classifier on the small backbone pretrained in `examples/data`, LoRA
@@ -81,7 +82,7 @@ def _finetune(seed: int):
     return job["model"], fit, job["aswa"].validation_data
 
 
-def _one_backend(reps: int) -> dict:
+def _one_backend(reps: dict) -> dict:
     import numpy as np
 
     from benchmarks.quality.training import TimedASWA, eval_seconds
@@ -90,7 +91,7 @@ def _one_backend(reps: int) -> dict:
     for name in WORKLOADS:
         make = _finetune if name == "finetune" else _fashion
         plain, auto, runs = [], [], []
-        for rep in range(reps):
+        for rep in range(reps[name]):
             for with_aswa in (False, True):
                 model, fit, validation = make(rep)
                 callbacks = []
@@ -124,7 +125,7 @@ def _one_backend(reps: int) -> dict:
     return out
 
 
-def run(backends, reps: int) -> dict:
+def run(backends, reps: dict) -> dict:
     from benchmarks import machine
 
     results = {"reps": reps, "backends": {}}
@@ -132,7 +133,8 @@ def run(backends, reps: int) -> dict:
         with tempfile.NamedTemporaryFile("r", suffix=".json") as f:
             subprocess.run(
                 [sys.executable, "-m", "benchmarks.auto_cost", "--child", f.name]
-                + ["--reps", str(reps)],
+                + ["--reps", str(reps["finetune"])]
+                + ["--fashion-reps", str(reps["fashion"])],
                 env=dict(os.environ, KERAS_BACKEND=backend),
                 cwd=machine.REPO,
                 check=True,
@@ -153,6 +155,14 @@ def _median(values):
     return (values[middle - 1] + values[middle]) / 2
 
 
+def _reps(results: dict) -> str:
+    """ "3", or "3 (fine-tuning) and 9 (Fashion-MNIST)"."""
+    reps = results["reps"]
+    if reps["finetune"] == reps["fashion"]:
+        return str(reps["finetune"])
+    return f"{reps['finetune']} (fine-tuning) and {reps['fashion']} (Fashion-MNIST)"
+
+
 def render(results: dict, command: str) -> str:
     from benchmarks import machine
 
@@ -166,7 +176,7 @@ def render(results: dict, command: str) -> str:
         lines += [f"Machine ({backend}): {machine.describe(entry['machine'])}", ""]
     lines += [
         "Its cost against a plain fit. "
-        f"Medians of {results['reps']} fits each, alternating plain and `auto` "
+        f"Medians of {_reps(results)} fits each, alternating plain and `auto` "
         "(fresh model, same seed). Fit times include each fit's first compile; "
         "the warm-up (compiling and timing the evaluation and the averaging "
         "before training) is part of the `auto` fit and shown apart. A check "
@@ -212,15 +222,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="all")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--fashion-reps", type=int, help="default: --reps")
     parser.add_argument("--out")
     parser.add_argument("--json")
     parser.add_argument("--report", help="re-render from this JSON")
     parser.add_argument("--command", default="")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    reps = {"finetune": args.reps, "fashion": args.fashion_reps or args.reps}
     if args.child:
         with open(args.child, "w") as f:
-            json.dump(_one_backend(args.reps), f)
+            json.dump(_one_backend(reps), f)
         return
     if args.report:
         with open(args.report) as f:
@@ -228,7 +240,7 @@ def main(argv=None) -> None:
         command = args.command
     else:
         backends = BACKENDS if args.backend == "all" else args.backend.split(",")
-        results = run(backends, args.reps)
+        results = run(backends, reps)
         command = " ".join(argv if argv is not None else sys.argv[1:])
         if args.json:
             with open(args.json, "w") as f:

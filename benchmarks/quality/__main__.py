@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.quality.config import DATASETS, REGIMES, parse_seeds
+from benchmarks.quality.config import DATASETS, REGIMES, parse_seeds, parse_step_freq
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--step-freqs",
         default=None,
         help="comma-separated N of the step-level ASWAs, or auto for "
-        'update_freq="auto" (default 50,100,200,auto)',
+        'update_freq="auto", or its variants auto-recent, auto-accuracy '
+        "(default 50,100,200,auto; with --regime: replaces each "
+        "configuration's)",
     )
     parser.add_argument(
         "--steps",
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
             regimes=REGIMES,
             command=command,
         )
+    step_freqs = (
+        tuple(parse_step_freq(n) for n in args.step_freqs.split(","))
+        if args.step_freqs
+        else None
+    )
     if regimes:
         return run(
             smoke=args.smoke,
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             img_dir=out / "img",
             only=args.only.split(",") if args.only else None,
             regimes=regimes,
+            step_freqs=step_freqs,
             command=command,
         )
     if args.datasets is None:
@@ -145,11 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         img_dir=args.img_dir or out / "img",
         timing_repeats=args.timing_repeats,
         steps=args.steps,
-        step_freqs=(
-            tuple(n if n == "auto" else int(n) for n in args.step_freqs.split(","))
-            if args.step_freqs
-            else None
-        ),
+        step_freqs=step_freqs,
         only=args.only.split(",") if args.only else None,
         command=command,
     )

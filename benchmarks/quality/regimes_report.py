@@ -19,6 +19,7 @@ from benchmarks.quality.config import (
     SMALL_EPOCHS,
     SMALL_TRAIN,
     SMALL_VAL,
+    STEP_VARIANTS,
     TEXT_BATCH_SIZE,
     TEXT_EPOCHS,
     TEXT_LEARNING_RATE,
@@ -235,9 +236,9 @@ def _regime_setup() -> dict[str, str]:
     }
 
 
-def _setup(regimes: set[str]) -> list[str]:
-    """The set-up: the methods, then each regime in `regimes` (those the
-    report holds)."""
+def _setup(regimes: set[str], variants: list[str]) -> list[str]:
+    """The set-up: the methods (the `STEP_VARIANTS` among them where the
+    report holds some), then each regime in `regimes` (those it holds)."""
     momenta = ", ".join(f"{m:g}" for m in EMA_MOMENTA)
     return [
         "## Set-up",
@@ -256,6 +257,7 @@ def _setup(regimes: set[str]) -> list[str]:
                 "ema_tuned",
                 "aswa",
                 "aswa_auto",
+                *variants,
             )
         ),
         "",
@@ -310,8 +312,10 @@ def render_regimes_markdown(result: dict, out: Path) -> str:
                 f"{extra['date']}; {extra['runtime_seconds'] / 60:.1f} min"
             )
     runs = [result, *others.values(), *(result.get("smoke_runs") or {}).values()]
-    regimes = {e["config"]["regime"] for run in runs for e in run["configs"].values()}
-    lines += ["", *_setup(regimes)]
+    configs = [e["config"] for run in runs for e in run["configs"].values()]
+    read_off = {n for c in configs for n in c["step_freqs"]}
+    variants = [f"aswa_{v}" for v in STEP_VARIANTS if v in read_off]
+    lines += ["", *_setup({c["regime"] for c in configs}, variants)]
     for run in [result, *others.values()]:
         lines += [f"## {run['environment']['backend']}", ""]
         lines += _backend_section(run, "###")

@@ -6,6 +6,7 @@ Imports no Keras, keras_aswa or backend: re-rendering needs none.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.quality.config import Config, metric_names, step_method
@@ -107,7 +108,7 @@ def _merge_steps(result: dict, path: str) -> None:
             continue
         if _widens(mine["config"], entry["config"]):
             _replace_variants(mine, entry, f"{path}: {key}")
-        elif mine["config"] != entry["config"]:
+        elif _settings(mine["config"]) != _settings(entry["config"]):
             raise ValueError(f"{path}: {key} was run with other settings")
         else:
             seeds = {r["seed"] for r in mine["records"]}
@@ -159,9 +160,14 @@ def _replace_variants(mine: dict, entry: dict, where: str) -> None:
                 timing[part][method] = new_timing[part][method]
 
 
+def _settings(config: dict) -> dict:
+    """A configuration as a run today writes it: a run from before a field
+    was added has that field's default."""
+    return json.loads(json.dumps(asdict(Config(**config))))
+
+
 def _widens(new: dict, old: dict) -> bool:
     """Whether configuration `new` is `old` with more step-level variants."""
-    rest = {k: v for k, v in new.items() if k != "step_freqs"}
-    return rest == {k: v for k, v in old.items() if k != "step_freqs"} and set(
-        old["step_freqs"]
-    ) < set(new["step_freqs"])
+    new, old = _settings(new), _settings(old)
+    freqs = set(new.pop("step_freqs")), set(old.pop("step_freqs"))
+    return new == old and freqs[1] < freqs[0]

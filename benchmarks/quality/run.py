@@ -127,7 +127,7 @@ def run(
     """
     started = time.perf_counter()
     if regimes:
-        grid = regime_configs(regimes, smoke, only)
+        grid = regime_configs(regimes, smoke, only, step_freqs)
         stem = "quality-regimes"
         verify = verify or {}
     else:

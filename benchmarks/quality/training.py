@@ -26,6 +26,7 @@ from benchmarks.quality.config import (
     KG_DATASETS,
     LORA_RANK,
     PRETRAIN_EPOCHS,
+    RECENT_HORIZON,
     SMOKE_TEXT_SEQUENCE_LENGTH,
     TEXT_DATASET,
     TEXT_SEQUENCE_LENGTH,
@@ -403,17 +404,52 @@ class TimedASWA(ASWA):
         self.check_seconds.append(time.perf_counter() - start)
 
 
+class _Forgetting:
+    """A `Store` whose new member weighs at least `1 / horizon`: the count
+    it is given is capped at `horizon - 1` (`E + (θ - E) / min(n + 1, H)`).
+    The "auto-recent" variant, built on the public averaging layer."""
+
+    def __init__(self, store, horizon: int):
+        self._store, self._cap = store, horizon - 1
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def update(self, count):
+        self._store.update(min(count, self._cap))
+
+    def show_provisional(self, count):
+        self._store.show_provisional(min(count, self._cap))
+
+    def adopt(self, count):
+        self._store.adopt(min(count, self._cap))
+
+
+class RecentASWA(TimedASWA):
+    """Step-level ASWA whose ensemble forgets (`_Forgetting`)."""
+
+    def _engine(self):
+        average = super()._engine()
+        if not isinstance(average.store, _Forgetting):
+            average.store = _Forgetting(average.store, RECENT_HORIZON)
+        return average
+
+
 def make_step_aswa(cfg: Config, data: dict, n: int | str, restore: bool) -> ASWA:
     """ASWA every `n` training batches on the validation split's first
     `cfg.validation_steps` batches (of 32); with `n="auto"`, N and the
-    batches as `update_freq="auto"` chooses them."""
+    batches as `update_freq="auto"` chooses them; `n` one of
+    `STEP_VARIANTS`: that variant of "auto"."""
     monitor, mode = cfg.step_watch
-    return TimedASWA(
+    if n == "auto-accuracy":
+        monitor, mode = "val_accuracy", "max"
+    auto = str(n).startswith("auto")
+    return (RecentASWA if n == "auto-recent" else TimedASWA)(
         monitor=monitor,
         mode=mode,
         validation_data=(data["x_val"], data["y_val"]),
-        validation_steps=None if n == "auto" else cfg.validation_steps,
-        update_freq=n,
+        validation_steps=None if auto else cfg.validation_steps,
+        update_freq="auto" if auto else n,
         restore_best=restore,
     )
 

@@ -29,9 +29,11 @@ from benchmarks.quality.config import (
     SMALL_EPOCHS,
     SMOKE_STEP_FREQS,
     SMOKE_TEXT,
+    STEP_VARIANTS,
     Config,
     configs,
     parse_seeds,
+    parse_step_freq,
     regime_configs,
     step_method,
 )
@@ -812,3 +814,47 @@ def test_text_split():
     for (x, _), (whole, _) in zip(smoke[1:], full[1:], strict=True):
         np.testing.assert_array_equal(x, whole[:32])
     assert set(smoke[0][1]) == set(range(6))
+
+
+def test_the_recent_variant_weighs_a_new_member_at_least_one_over_h():
+    from benchmarks.quality.training import _Forgetting
+    from keras_aswa.averaging import WeightAverage
+
+    v = keras.Variable(np.zeros((2, 3), "float32"))
+    average = WeightAverage([v])
+    average.store = _Forgetting(average.store, 3)
+    expected = None
+    for n, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0]):
+        v.assign(np.full((2, 3), value, "float32"))
+        if expected is None:
+            average.restart()
+            expected = value
+        else:  # E + (θ - E) / min(n + 1, H), n members before this one
+            average.update()
+            expected += (value - expected) / min(n + 1, 3)
+    v.assign(np.full((2, 3), 32.0, "float32"))
+    average.show_provisional()  # a check's candidate, then accepted
+    provisional = expected + (32.0 - expected) / 3
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(v), provisional, rtol=1e-6)
+    average.hide()
+    average.commit()
+    average.apply()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(v), provisional, rtol=1e-6)
+
+
+def test_regime_smoke_reads_off_the_step_variants(tmp_path):
+    freqs = "auto," + ",".join(STEP_VARIANTS)
+    key = "fmnist_small/mlp-val_loss"
+    result = main(
+        ["--smoke", "--regime", "small", "--only", key, "--step-freqs", freqs]
+        + ["--out", str(tmp_path)]
+    )
+    (record,) = result["configs"][key]["records"]
+    for variant in STEP_VARIANTS:
+        metrics = record["metrics"][f"aswa_{variant}"]
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert record["step_aswa"][f"aswa_{variant}"]["checks"] > 0
+    md = (tmp_path / "quality-regimes.md").read_text()
+    assert STEP_VARIANTS["auto-recent"] in md
+    with pytest.raises(ValueError, match="an int, 'auto' or one of"):
+        parse_step_freq("sometimes")
