@@ -77,6 +77,7 @@ class SlowTraining(keras.layers.Layer):
 def test_auto_chooses_n_and_k_by_its_rule(model, budget, there):
     xv, yv = np.tile(XV, (there // 8, 1)), np.tile(YV, (there // 8, 1))
     aswa = ASWA(update_freq="auto", validation_data=(xv, yv), check_budget=budget)
+    assert aswa.timing == {}  # filled when a fit ends
     models = {
         "built": regression_model,
         "subclassed-unbuilt": Subclassed,

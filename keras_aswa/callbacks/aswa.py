@@ -179,10 +179,10 @@ class ASWA(AveragingCallback):
         update_every: The training batches between two checks (the `N` that
             `update_freq="auto"` chose; None at epoch level, or before it
             chose).
-        timing: After `fit`, seconds: `"fit"` (the whole fit), `"checks"`
-            (the decisions, evaluations included) and `"warm_up"` (compiling
-            the evaluation and the averaging before training, at step
-            level).
+        timing: Empty until `fit` ends; then seconds: `"fit"` (the whole
+            fit), `"checks"` (the decisions, evaluations included) and
+            `"warm_up"` (compiling the evaluation and the averaging before
+            training, at step level).
 
     Raises:
         ValueError: On an unknown `mode`, a negative `start_from_epoch`, an

@@ -190,6 +190,7 @@ class AveragingCallback(keras.callbacks.Callback):
         """The state of one `fit`, declared here and set afresh when it
         begins (subclasses extend it)."""
         self.history: list[dict] = []
+        self.timing: dict[str, float] = {}  # filled at the end of fit
         self._fit: dict | None = None  # fit's locals, looked at once a fit
         self._batch_size = 32
         self._average: WeightAverage | None = None
