@@ -5,7 +5,7 @@ No Keras here: the report code reads configurations back from the JSON.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 METHODS = ("last", "early_stopping", "swa", "ema", "aswa")
 METHOD_LABELS = {
@@ -46,10 +46,15 @@ STEP_VARIANTS = {
 RECENT_HORIZON = 8
 
 
+def is_auto(n: int | str) -> bool:
+    """Whether step frequency `n` is "auto" or one of its `STEP_VARIANTS`."""
+    return str(n).startswith("auto")
+
+
 def step_method(n: int | str) -> str:
     """The method name of step-level ASWA every `n` batches (or "auto", or
     one of `STEP_VARIANTS`)."""
-    return f"aswa_{n}" if str(n).startswith("auto") else f"aswa_n{n}"
+    return f"aswa_{n}" if is_auto(n) else f"aswa_n{n}"
 
 
 def parse_step_freq(text: str) -> int | str:
@@ -234,7 +239,7 @@ def configs(
         else:
             raise ValueError(f"unknown data set {ds!r}; have {DATASETS}")
     if smoke:
-        grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+        grid = [replace(c, epochs=min(c.epochs, 3)) for c in grid]
     if only:  # these configuration keys, in this order
         by_key = {c.key: c for c in grid}
         grid = [by_key[k] for k in only]
@@ -297,7 +302,7 @@ def regime_configs(regimes, smoke: bool, only=None, step_freqs=None) -> list[Con
         elif regime == "rich":
             rich = configs(["fashion_mnist"], smoke)
             grid += [
-                Config(**{**asdict(c), "regime": regime, **extra})
+                replace(c, regime=regime, **extra)
                 for c in (rich[:1] if smoke else rich)
             ]
         elif regime == "text":
@@ -318,9 +323,9 @@ def regime_configs(regimes, smoke: bool, only=None, step_freqs=None) -> list[Con
         else:
             raise ValueError(f"unknown regime {regime!r}; have {REGIMES}")
     if smoke:
-        grid = [Config(**{**asdict(c), "epochs": min(c.epochs, 3)}) for c in grid]
+        grid = [replace(c, epochs=min(c.epochs, 3)) for c in grid]
     if step_freqs:
-        grid = [Config(**{**asdict(c), "step_freqs": tuple(step_freqs)}) for c in grid]
+        grid = [replace(c, step_freqs=tuple(step_freqs)) for c in grid]
     if only:
         by_key = {c.key: c for c in grid}
         grid = [by_key[k] for k in only]

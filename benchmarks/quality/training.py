@@ -31,6 +31,7 @@ from benchmarks.quality.config import (
     TEXT_DATASET,
     TEXT_SEQUENCE_LENGTH,
     Config,
+    is_auto,
 )
 from benchmarks.quality.regimes import FINETUNE_CLASSES, regime_arrays
 from keras_aswa import ASWA
@@ -443,7 +444,7 @@ def make_step_aswa(cfg: Config, data: dict, n: int | str, restore: bool) -> ASWA
     monitor, mode = cfg.step_watch
     if n == "auto-accuracy":
         monitor, mode = "val_accuracy", "max"
-    auto = str(n).startswith("auto")
+    auto = is_auto(n)
     return (RecentASWA if n == "auto-recent" else TimedASWA)(
         monitor=monitor,
         mode=mode,
