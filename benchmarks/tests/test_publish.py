@@ -1,6 +1,13 @@
-"""The docs page mirrors the benchmark reports."""
+"""The docs pages mirror the benchmark reports."""
+
+import re
 
 from benchmarks import publish
+
+GUIDE = publish.REPO / "docs" / "choosing.md"
+# What a guide claim quotes: a score with two decimals (91.32) or seed
+# counts, wins/ties/losses (3/0/2).
+_QUOTED = re.compile(r"(?<![\d./])(\d+\.\d\d|\d+/\d+/\d+)(?![\d/])")
 
 
 def test_docs_page_matches_the_reports():
@@ -31,3 +38,37 @@ def test_block_refilled_with_links_and_headings_adapted(tmp_path):
         "```\n# not a heading\n```\n<!-- END results/r.md -->\n"
     )
     assert publish.render(out, page=page, root=tmp_path) == out
+
+
+def test_guide_quotes_only_what_a_report_measured():
+    # docs/choosing.md is hand-written; each score and W/T/L it quotes must
+    # stand in a generated report, so a rerun that changes a table shows up
+    # here rather than as a stale claim.
+    reports = "\n".join(
+        p.read_text() for p in (publish.REPO / "benchmarks" / "results").glob("*.md")
+    )
+    measured = set(_QUOTED.findall(reports))
+    quoted = _QUOTED.findall(GUIDE.read_text())
+    assert len(quoted) > 30
+    assert sorted(set(quoted) - measured) == []
+
+
+def test_guide_rows_link_to_the_benchmarks():
+    rows = [
+        line
+        for line in GUIDE.read_text().splitlines()
+        if line.startswith("| ") and not line.startswith("| your run")
+    ]
+    assert len(rows) >= 7
+    anchors = set(re.findall(r"\]\(benchmarks\.md#([\w-]+)\)", GUIDE.read_text()))
+    page = re.sub(r"```.*?```", "", publish.PAGE.read_text(), flags=re.S)
+    for row in rows:
+        assert "](benchmarks.md#" in row, row
+    # Python-Markdown's slugs (mkdocs' headings ids): word characters kept,
+    # runs of spaces and hyphens made one hyphen.
+    headings = re.findall(r"^#+ (.+)$", page, flags=re.M)
+    slugs = {
+        re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", h).strip().lower())
+        for h in headings
+    }
+    assert anchors and anchors <= slugs, anchors - slugs
