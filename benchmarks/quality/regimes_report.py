@@ -69,6 +69,16 @@ def _wtl(h: dict) -> str:
     )
 
 
+def _tally(total: list[int], h: dict) -> None:
+    """Adds one configuration's wins, ties and losses to `total`."""
+    for i, part in enumerate(("wins", "ties", "losses")):
+        total[i] += h[part]
+
+
+def _total(total: list[int] | None) -> str:
+    return "–" if total is None else "**{}/{}/{}**".format(*total)
+
+
 def _means_table(entries: dict) -> list[str]:
     """Test accuracy (%) per configuration and method, mean ± std over seeds."""
     methods = _ordered(entries, "methods")
@@ -105,19 +115,43 @@ def _versus_table(entries: dict) -> list[str]:
                     continue
                 h = row[b]["accuracy"]
                 cells.append(_wtl(h))
-                t = totals.setdefault((variant, b), [0, 0, 0])
-                t[0] += h["wins"]
-                t[1] += h["ties"]
-                t[2] += h["losses"]
+                _tally(totals.setdefault((variant, b), [0, 0, 0]), h)
             lines.append(f"| {key} | {variant} | " + " | ".join(cells) + " |")
     variants = list(dict.fromkeys(v for v, _ in totals))
     for variant in variants:
-        cells = []
-        for b in baselines:
-            t = totals.get((variant, b))
-            cells.append("–" if t is None else f"**{t[0]}/{t[1]}/{t[2]}**")
+        cells = [_total(totals.get((variant, b))) for b in baselines]
         lines.append(f"| all seeds above | {variant} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _variants_table(entries: dict) -> list[str]:
+    """W/T/L, mean difference and Wilcoxon p of each `STEP_VARIANTS` ASWA
+    against ``aswa_auto``; empty when no configuration ran one."""
+    rows = {k: e["summary"].get("vs_auto", {}) for k, e in entries.items()}
+    variants = list(dict.fromkeys(v for row in rows.values() for v in row))
+    if not variants:
+        return []
+    lines = [
+        "Each step-level variant against `aswa_auto`, the rule it varies (read "
+        "off the same run; each times its own checks, so N can differ by a "
+        "few batches), seed by seed, as above:",
+        "",
+        *table_head(["configuration", *(f"{v} vs aswa_auto" for v in variants)]),
+    ]
+    totals = {v: [0, 0, 0] for v in variants}
+    for key, row in rows.items():
+        cells = []
+        for v in variants:
+            if v not in row:
+                cells.append("–")
+                continue
+            h = row[v]["accuracy"]
+            cells.append(_wtl(h))
+            _tally(totals[v], h)
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    cells = [_total(t) for t in totals.values()]
+    lines.append("| all seeds above | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _details(entries: dict) -> list[str]:
@@ -180,6 +214,7 @@ def _backend_section(run: dict, level: str) -> list[str]:
             "",
             *_versus_table(entries),
             "",
+            *_variants_table(entries),
             *_details(entries),
         ]
     return lines

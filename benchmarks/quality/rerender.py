@@ -85,6 +85,12 @@ def rerender_regimes(out: Path, include: list[str]) -> dict:
         )
     if not result.get("other_backends"):
         result.pop("other_backends", None)
+    # Every summary from its records under today's statistics, so that a
+    # comparison added since a run (e.g. `vs_auto`) covers it too.
+    runs = [result, *result.get("other_backends", {}).values()]
+    for run in runs + list(result.get("smoke_runs", {}).values()):
+        for entry in run["configs"].values():
+            _summarize(entry)
     write_json(result, out / "quality-regimes.json")
     (out / "quality-regimes.md").write_text(render_regimes_markdown(result, out))
     return result
@@ -114,10 +120,7 @@ def _merge_steps(result: dict, path: str) -> None:
             seeds = {r["seed"] for r in mine["records"]}
             mine["records"] += [r for r in entry["records"] if r["seed"] not in seeds]
             mine["records"].sort(key=lambda r: r["seed"])
-        cfg = Config(**mine["config"])
-        mine["summary"] = summarize(
-            mine["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
-        )
+        _summarize(mine)
         mine["seconds"] = round(mine["seconds"] + entry["seconds"], 1)
     env = res["environment"]
     result.setdefault("other_runs", []).append(
@@ -127,6 +130,14 @@ def _merge_steps(result: dict, path: str) -> None:
             "load_average_at_start": env["load_average_at_start"],
             "load_average_at_end": env.get("load_average_at_end"),
         }
+    )
+
+
+def _summarize(entry: dict) -> None:
+    """(Re)computes a configuration's summary from its records."""
+    cfg = Config(**entry["config"])
+    entry["summary"] = summarize(
+        entry["records"], metric_names(cfg), cfg.methods, bool(cfg.baselines)
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.quality.config import METHODS
+from benchmarks.quality.config import METHODS, STEP_VARIANTS, step_method
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
@@ -44,7 +44,9 @@ def summarize(
     With step-level methods, `vs_ema` holds the same comparison of every
     ASWA variant (epoch and step level) against EMA. With `baselines` (the
     regimes study), `vs_baselines[variant][baseline]` holds it for every ASWA
-    variant (a method named ``aswa*``) against every other method.
+    variant (a method named ``aswa*``) against every other method, and
+    `vs_auto[variant]` that of each `STEP_VARIANTS` ASWA run against
+    ``aswa_auto``, the rule it varies.
     """
     out = {"n_seeds": len(records), "methods": {}}
 
@@ -78,4 +80,11 @@ def summarize(
             }
             for a in variants
         }
+        auto = step_method("auto")
+        tried = [step_method(v) for v in STEP_VARIANTS if step_method(v) in methods]
+        if auto in methods and tried:
+            out["vs_auto"] = {
+                v: {n: paired(values(v, n), values(auto, n)) for n in metric_names}
+                for v in tried
+            }
     return out

@@ -38,6 +38,7 @@ from benchmarks.quality.config import (
     step_method,
 )
 from benchmarks.quality.regimes import finetune_indices, regime_arrays, small_indices
+from benchmarks.quality.regimes_report import render_regimes_markdown
 from benchmarks.quality.stats import summarize
 from benchmarks.quality.steps_report import render_steps_markdown
 from benchmarks.quality.training import (
@@ -314,6 +315,35 @@ def test_summarize_compares_step_level_methods_with_ema():
     assert "vs_ema" not in summarize(records, ("accuracy",))
 
 
+def test_summarize_compares_each_variant_with_auto():
+    variants = ("aswa_auto-recent", "aswa_auto-accuracy")
+    methods = (*METHODS, "aswa_auto", *variants)
+    acc = {
+        "aswa_auto": [0.90, 0.91, 0.92, 0.93],
+        "aswa_auto-recent": [0.91, 0.91, 0.90, 0.95],
+    }
+    records = [
+        {
+            "metrics": {
+                m: {"accuracy": acc.get(m, [0.9] * 4)[i], "val": 0.5} for m in methods
+            }
+        }
+        for i in range(4)
+    ]
+    s = summarize(records, ("accuracy",), methods, baselines=True)
+    assert set(s["vs_auto"]) == set(variants)
+    h = s["vs_auto"]["aswa_auto-recent"]["accuracy"]
+    diff = np.array(acc["aswa_auto-recent"]) - np.array(acc["aswa_auto"])
+    assert (h["wins"], h["ties"], h["losses"]) == (2, 1, 1)
+    assert h["mean_diff"] == pytest.approx(diff.mean())
+    assert h["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
+    # No variant run, or no "auto" to compare it with: no comparison.
+    plain = (*METHODS, "aswa_auto")
+    assert "vs_auto" not in summarize(records, ("accuracy",), plain, baselines=True)
+    alone = (*METHODS, *variants)
+    assert "vs_auto" not in summarize(records, ("accuracy",), alone, baselines=True)
+
+
 def test_parse_seeds():
     assert parse_seeds("1-3,7") == [1, 2, 3, 7]
     assert parse_seeds("5") == [5]
@@ -405,6 +435,16 @@ def test_regimes_report_rerenders_and_merges(smoke, tmp_path):
     assert (tmp_path / "quality-regimes.md").read_text() == (
         out / "quality-regimes.md"
     ).read_text()
+    # Summaries are recomputed from the records (a run from before a
+    # comparison was added gets it).
+    older = json.loads((out / "quality-regimes.json").read_text())
+    for entry in older["configs"].values():
+        del entry["summary"]["vs_baselines"]
+    (tmp_path / "quality-regimes.json").write_text(json.dumps(older))
+    main(["--report", "--regime", "all", "--out", str(tmp_path)])
+    assert (tmp_path / "quality-regimes.md").read_text() == (
+        out / "quality-regimes.md"
+    ).read_text()
     other = json.loads((out / "quality-regimes.json").read_text())
     other["smoke"] = False
     other["environment"]["backend"] = "other"
@@ -446,6 +486,25 @@ def test_regimes_report_rerenders_and_merges(smoke, tmp_path):
     assert md.count("x/mlp-apart: from a separate run") == 1
     assert "x/mlp-apart: from a separate run (run again: these results" in md
     assert "--only x --again`" in md
+
+
+def test_regimes_report_tables_each_variant_against_auto(smoke, tmp_path):
+    _, out = smoke
+    result = json.loads((out / "quality-regimes.json").read_text())
+    key, entry = next(iter(result["configs"].items()))
+    # Two configurations of one regime with a variant's comparison each.
+    h = {"wins": 2, "ties": 1, "losses": 1, "mean_diff": 0.0025, "wilcoxon_p": 0.5}
+    entry["summary"]["vs_auto"] = {"aswa_auto-recent": {"accuracy": h}}
+    twin = json.loads(json.dumps(entry))
+    twin["summary"]["vs_auto"]["aswa_auto-recent"]["accuracy"]["wins"] = 3
+    result["configs"] = {key: entry, key + "-twin": twin}
+    md = render_regimes_markdown(result, tmp_path)
+    assert "| configuration | aswa_auto-recent vs aswa_auto |" in md
+    assert f"| {key} | 2/1/1 +0.25 (0.5) |" in md
+    assert f"| {key}-twin | 3/1/1 +0.25 (0.5) |" in md
+    assert "| all seeds above | **5/2/2** |" in md
+    # Without a variant, no such table.
+    assert "vs aswa_auto" not in (out / "quality-regimes.md").read_text()
 
 
 def test_unknown_regime_is_an_error():
