@@ -69,10 +69,21 @@ def _wtl(h: dict) -> str:
     )
 
 
-def _tally(total: list[int], h: dict) -> None:
-    """Adds one configuration's wins, ties and losses to `total`."""
-    for i, part in enumerate(("wins", "ties", "losses")):
-        total[i] += h[part]
+def _cells(row: dict, columns: list[str], totals: dict) -> list[str]:
+    """One configuration's comparisons in `row`, a cell per column ("–"
+    where it was not run); adds their wins, ties and losses to
+    `totals[column]`."""
+    cells = []
+    for c in columns:
+        if c not in row:
+            cells.append("–")
+            continue
+        h = row[c]["accuracy"]
+        cells.append(_wtl(h))
+        total = totals.setdefault(c, [0, 0, 0])
+        for i, part in enumerate(("wins", "ties", "losses")):
+            total[i] += h[part]
+    return cells
 
 
 def _total(total: list[int] | None) -> str:
@@ -104,22 +115,13 @@ def _versus_table(entries: dict) -> list[str]:
     """W/T/L, mean difference and Wilcoxon p of each ASWA against each baseline."""
     baselines = _ordered(entries, "baseline_methods")
     lines = table_head(["configuration", "ASWA", *(f"vs {b}" for b in baselines)])
-    totals = {}
+    totals = {}  # variant -> baseline -> [wins, ties, losses]
     for key, entry in entries.items():
-        vs = entry["summary"]["vs_baselines"]
-        for variant, row in vs.items():
-            cells = []
-            for b in baselines:
-                if b not in row:
-                    cells.append("–")
-                    continue
-                h = row[b]["accuracy"]
-                cells.append(_wtl(h))
-                _tally(totals.setdefault((variant, b), [0, 0, 0]), h)
+        for variant, row in entry["summary"]["vs_baselines"].items():
+            cells = _cells(row, baselines, totals.setdefault(variant, {}))
             lines.append(f"| {key} | {variant} | " + " | ".join(cells) + " |")
-    variants = list(dict.fromkeys(v for v, _ in totals))
-    for variant in variants:
-        cells = [_total(totals.get((variant, b))) for b in baselines]
+    for variant, by_baseline in totals.items():
+        cells = [_total(by_baseline.get(b)) for b in baselines]
         lines.append(f"| all seeds above | {variant} | " + " | ".join(cells) + " |")
     return lines
 
@@ -138,18 +140,10 @@ def _variants_table(entries: dict) -> list[str]:
         "",
         *table_head(["configuration", *(f"{v} vs aswa_auto" for v in variants)]),
     ]
-    totals = {v: [0, 0, 0] for v in variants}
+    totals = {}
     for key, row in rows.items():
-        cells = []
-        for v in variants:
-            if v not in row:
-                cells.append("–")
-                continue
-            h = row[v]["accuracy"]
-            cells.append(_wtl(h))
-            _tally(totals[v], h)
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    cells = [_total(t) for t in totals.values()]
+        lines.append(f"| {key} | " + " | ".join(_cells(row, variants, totals)) + " |")
+    cells = [_total(totals.get(v)) for v in variants]
     lines.append("| all seeds above | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -81,7 +81,7 @@ def summarize(
             for a in variants
         }
         auto = step_method("auto")
-        tried = [step_method(v) for v in STEP_VARIANTS if step_method(v) in methods]
+        tried = [m for m in map(step_method, STEP_VARIANTS) if m in methods]
         if auto in methods and tried:
             out["vs_auto"] = {
                 v: {n: paired(values(v, n), values(auto, n)) for n in metric_names}
