@@ -674,6 +674,30 @@ class WeightAverage:
         self._shown = "provisional"
         self._written()
 
+    def provisional_values(self) -> list:
+        """The values `show_provisional` would write, one per variable (None
+        for non-float ones), with the variables holding their own values
+        again when it returns; `commit` can adopt it.
+
+        The values are the store's own (one blend, no copy): the variables
+        hold them only for the span of this call.
+
+        Raises:
+            RuntimeError: If the average has no member yet, or is shown, or
+                an `on_write` hook would rewrite what is shown.
+        """
+        if self.on_write is not None:
+            raise RuntimeError(
+                "provisional_values() gives the blend alone; with on_write, "
+                "score what show_provisional() writes instead."
+            )
+        self.show_provisional()
+        try:
+            values = kernels.read_all([self.variables[i] for i in self._floats])
+        finally:
+            self.hide()
+        return self._spread(values)
+
     def _require_hidden(self):
         self._require_members()
         if self.showing:

@@ -306,9 +306,12 @@ def metric_direction(metric) -> str | None:
 
 
 @contextlib.contextmanager
-def adapted_batches(data, batch_size: int):
-    """The batches `fit` would draw from `data`, unshuffled, as the tensors
-    of the backend (already on its device), for one pass.
+def adapted_batches(
+    data, batch_size: int | None = None, y=None, sample_weight=None, steps=None
+):
+    """The batches `fit` would draw from `data` (with `y` and `sample_weight`
+    where given apart), unshuffled, as the tensors of the backend (already on
+    its device), for one pass.
 
     Stands in for: a public batch iterator over every format `fit` accepts:
     Keras' `DataAdapter` (`get_data_adapter`, its per-backend iterators and
@@ -319,7 +322,14 @@ def adapted_batches(data, batch_size: int):
     """
     from keras.src.trainers.data_adapters import get_data_adapter
 
-    adapter = get_data_adapter(data, batch_size=batch_size, shuffle=False)
+    adapter = get_data_adapter(
+        data,
+        y=y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        steps_per_epoch=steps,
+        shuffle=False,
+    )
     adapter.on_epoch_begin()
     try:
         backend = keras.backend.backend()
@@ -395,3 +405,55 @@ def torch_swap_storage(parameters: list, values: list) -> list:
         previous.append(parameter.data)
         parameter.data = value
     return previous
+
+
+# --- Evaluating beside `fit` ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def training_state_kept(model):
+    """Puts back, after the block, what an evaluation changes of `fit`'s state.
+
+    Stands in for: an `evaluate` that leaves a running `fit` alone. It resets
+    the compiled metrics that `fit` accumulates over an epoch (its `loss`
+    and `accuracy` logs would change), and on JAX it empties the trainer's
+    state (`model._jax_state`), from which `fit` restores the variables
+    after an epoch whose length Keras does not know: without it they stay
+    purged.
+    """
+    from keras import ops
+
+    metrics = list(model.metrics_variables)
+    kept = [ops.copy(v.value) for v in metrics]
+    jax = keras.backend.backend() == "jax"
+    had_state = jax and getattr(model, "_jax_state", None) is not None
+    try:
+        yield
+    finally:
+        for v, value in zip(metrics, kept, strict=True):
+            v.assign(value)
+        if had_state and getattr(model, "_jax_state", None) is None:
+            optimizer = getattr(model, "optimizer", None)
+            model._jax_state = {
+                "trainable_variables": [v.value for v in model.trainable_variables],
+                "non_trainable_variables": [
+                    v.value for v in model.non_trainable_variables
+                ],
+                "optimizer_variables": [v.value for v in optimizer.variables]
+                if optimizer is not None
+                else [],
+                "metrics_variables": [v.value for v in metrics],
+            }
+
+
+def set_monitor_direction(callback) -> None:
+    """Sets the direction a `MonitorCallback` (e.g. `ModelCheckpoint`)
+    compares its monitor in, now rather than at its first epoch end.
+
+    Stands in for: Keras doing it before the first batch. Keras 3.15's
+    `ModelCheckpoint` sets it (`_set_monitor_op`) at an epoch end only, so a
+    `save_freq=N, save_best_only=True` checkpoint fails with a bare
+    `TypeError` at its first save within the first epoch.
+    """
+    if getattr(callback, "monitor_op", None) is None:
+        callback._set_monitor_op()

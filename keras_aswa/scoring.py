@@ -15,6 +15,7 @@ ensemble). Three sources:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import types
@@ -27,6 +28,7 @@ from keras import ops
 from keras.utils import PyDataset, unpack_x_y_sample_weight
 
 from keras_aswa import internals
+from keras_aswa.evaluation import Batches, Evaluation, available
 
 # A score of None means: this epoch has none.
 Score = float | None
@@ -49,10 +51,8 @@ class Scorer:
     def on_train_end(self) -> None:
         """Lets go of what belongs to the fit that ended."""
 
-    def warm_up(self, model, steps: int | None = 1) -> None:
-        """Scores once: on `steps` batches where the batches are a choice
-        (`batches()` is not None; 1: the least data that compiles what a
-        check runs; None: as a check does), else as a check does."""
+    def warm_up(self, model) -> None:
+        """Scores once, as a check does, so that it compiles now."""
         self.current(model)
 
     def batches(self) -> int | None:
@@ -62,11 +62,34 @@ class Scorer:
     def limit(self, steps: int) -> None:
         """Makes each evaluation score on the first `steps` batches."""
 
+    def batch_samples(self) -> int | None:
+        """Samples in a batch a check scores (None where not known)."""
+        return None
+
     def running(self, model, logs: dict) -> Score:
         raise NotImplementedError
 
     def current(self, model) -> float:
         raise NotImplementedError
+
+    def scores(self, model, logs: dict, average) -> tuple[Score, Score]:
+        """The running model's score and the provisional ensemble's (None
+        where the running model has none, or `average`, a `WeightAverage`,
+        has no member yet).
+
+        The provisional ensemble is written into the model to be scored, and
+        the running weights put back. What the evaluations change of `fit`'s
+        state (its metrics, JAX's trainer state) is put back too.
+        """
+        with internals.training_state_kept(model):
+            running = self.running(model, logs)
+            if running is None or average.empty:
+                return running, None
+            average.show_provisional()
+            try:
+                return running, self.current(model)
+            finally:
+                average.hide()
 
 
 def _metric_name(monitor: str) -> str:
@@ -171,6 +194,7 @@ class DataValidation(Scorer):
         self._steps = steps  # `steps`, cut to the batches there are
         self._test_function = None
         self._cache = None  # (steps, evaluate's data arguments)
+        self._evaluation = None  # (steps, Evaluation), made at the first check
         self._fit_batch_size = None
         self._checked_batches()  # refuses now what no evaluation could use
 
@@ -222,6 +246,7 @@ class DataValidation(Scorer):
     def on_train_begin(self, model, fit=None):
         self._test_function = None  # a new fit, maybe another model
         self._cache = None
+        self._evaluation = None
         # Arrays may be evaluated in batches as large as fit's.
         self._fit_batch_size = internals.fit_batch_size(fit)
         x, y, _ = unpack_x_y_sample_weight(self.data)
@@ -248,14 +273,44 @@ class DataValidation(Scorer):
                 "sample_weight)), as to fit, or a dataset of (x, y) batches."
             )
 
-    def warm_up(self, model, steps=1):
-        kept = self._steps
-        if steps is not None:
-            self._steps = steps
-        try:
+    def on_train_end(self):
+        self._evaluation = None  # holds the batches, on the device
+
+    def warm_up(self, model):
+        evaluation = self._compiled(model)
+        if evaluation is None:
             self.current(model)
-        finally:
-            self._steps = kept
+            return
+        # One check on the running weights: compiles it at its shapes.
+        with _explained():
+            evaluation([evaluation.running()] * 2)
+
+    def _compiled(self, model) -> Evaluation | None:
+        """The compiled check over the first `steps` batches, made once per
+        fit and K; None where `Evaluation` cannot score this model."""
+        if self._evaluation is not None and self._evaluation[0] == self._steps:
+            return self._evaluation[1]
+        evaluation = None
+        if available(model) is None:
+            evaluation = Evaluation(model, Batches(self._evaluated_data()))
+        self._evaluation = (self._steps, evaluation)
+        return evaluation
+
+    def scores(self, model, logs, average):
+        evaluation = None if average.on_write else self._compiled(model)
+        if evaluation is None:
+            return super().scores(model, logs, average)
+        running = evaluation.running()
+        provisional = running
+        if not average.empty:
+            provisional = evaluation.replaced(
+                running, average.variables, average.provisional_values()
+            )
+        # Two weight sets always: one compiled function for every check.
+        with _explained():
+            results = evaluation([running, provisional])
+        scores = [_evaluated(r, self.monitor) for r in results]
+        return scores[0], None if average.empty else scores[1]
 
     def batches(self):
         if self._steps is not None:
@@ -265,6 +320,10 @@ class DataValidation(Scorer):
 
     def limit(self, steps):
         self._steps = steps
+
+    def batch_samples(self):
+        x, _, _ = unpack_x_y_sample_weight(self.data)
+        return (self.batch_size or 32) if _arrays(x) else None
 
     def running(self, model, logs):
         return self.current(model)
@@ -331,7 +390,7 @@ class DataValidation(Scorer):
         return arguments
 
     def current(self, model):
-        try:
+        with _explained():
             results, self._test_function = internals.evaluate_with(
                 model,
                 self._test_function,
@@ -339,16 +398,24 @@ class DataValidation(Scorer):
                 verbose=0,
                 return_dict=True,
             )
-        except (ValueError, TypeError) as e:
-            error = ValueError if isinstance(e, ValueError) else TypeError
-            raise error(
-                "Evaluating the model on the callback's validation_data failed "
-                f"({type(e).__name__}: {e}). validation_data takes what fit's "
-                "validation_data takes: (x_val, y_val), (x_val, y_val, "
-                "sample_weight) or a dataset of such batches, shaped as the "
-                "model's inputs and outputs."
-            ) from e
         return _evaluated(results, self.monitor)
+
+
+@contextlib.contextmanager
+def _explained():
+    """Says what the callback's validation_data takes, where the model
+    cannot take it."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        error = ValueError if isinstance(e, ValueError) else TypeError
+        raise error(
+            "Evaluating the model on the callback's validation_data failed "
+            f"({type(e).__name__}: {e}). validation_data takes what fit's "
+            "validation_data takes: (x_val, y_val), (x_val, y_val, "
+            "sample_weight) or a dataset of such batches, shaped as the "
+            "model's inputs and outputs."
+        ) from e
 
 
 def _arrays(x) -> list | None:

@@ -4,6 +4,7 @@ step-level ASWA prints and logs."""
 import contextlib
 import io
 import re
+import time
 import warnings
 
 import keras
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from scenarios import ADAM_LR, regression_data, regression_model
 
-from keras_aswa import ASWA, SWA
+from keras_aswa import ASWA, SWA, cadence
 
 (X, Y), (XV, YV) = regression_data(0, n_train=1024, n_val=256)
 
@@ -31,83 +32,81 @@ def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
     return model
 
 
-def expected_choice(chosen, check_budget, steps, k_there):
-    """N and K by the documented rule, from the timings the callback took:
-    a check is two evaluations, each `fixed + per_batch * K` seconds."""
-    rate = check_budget * chosen["step_seconds"]
-    cost = chosen["evaluation_seconds"]
-    fixed, per_batch = cost["fixed"], cost["per_batch"]
-
-    def affordable(every):
-        spare = rate * every / 2 - fixed
-        if spare < 0:
-            return 0
-        return 32 if per_batch == 0 else int(np.floor(spare / per_batch))
-
-    floor_every = steps // 2
-    if affordable(steps // 8) >= min(k_there, 8):  # eight checks an epoch
-        k = min(k_there, 32, affordable(steps // 8))
-    elif affordable(floor_every) >= min(k_there, 8):  # two at least
-        k = min(k_there, 8)
-    else:  # one check an epoch on 8 batches, over the budget if need be
-        floor_every = steps
-        k = min(k_there, 8)
-    every = floor_every
-    if rate > 0:
-        check = 2 * (fixed + per_batch * k)
-        every = min(floor_every, max(1, int(np.ceil(check / rate))))
-    return every, k
-
-
-class SlowTraining(keras.layers.Layer):
-    """Makes a training step cost far more than an evaluation: some batches
-    of validation then fit the budget, and K falls between its bounds."""
-
-    def call(self, x, training=False):
-        if training:
-            square = keras.ops.ones((1024, 1024)) * keras.ops.mean(x)
-            x = x + 0.0 * keras.ops.mean(keras.ops.matmul(square, square))
-        return x
-
-
-@pytest.mark.parametrize(
-    "model, budget, there",
-    [("built", 0.1, 8), ("subclassed-unbuilt", 0.1, 8), ("slow-training", 0.3, 48)],
-)
-def test_auto_chooses_n_and_k_by_its_rule(model, budget, there):
-    xv, yv = np.tile(XV, (there // 8, 1)), np.tile(YV, (there // 8, 1))
-    aswa = ASWA(update_freq="auto", validation_data=(xv, yv), check_budget=budget)
-    assert aswa.timing == {}  # filled when a fit ends
-    models = {
-        "built": regression_model,
-        "subclassed-unbuilt": Subclassed,
-        "slow-training": lambda: regression_model(extra_layers=[SlowTraining()]),
-    }
-    fit([aswa], model=models[model]())
-    chosen = aswa._chosen
-    steps = len(X) // 32
-    # K at most the validation batches there are (of 32).
-    assert (aswa.update_every, chosen["validation_steps"]) == expected_choice(
-        chosen, aswa.check_budget, steps, there
+def chosen_for(aswa, steps, epochs, there):
+    """What keras_aswa.cadence chooses for this fit's counts."""
+    return cadence.choose(
+        total_steps=steps * epochs,
+        steps_per_epoch=steps,
+        validation_batches=there,
+        batch_size=32,
+        validation_batch_size=32,
+        check_budget=aswa.check_budget,
     )
-    assert chosen["warm_up_seconds"] > 0
-    # Checks at the multiples of N from the sixth batch on, where N was
-    # chosen (a multiple before it passed unchecked).
+
+
+@pytest.mark.parametrize("model", ["built", "subclassed-unbuilt"])
+def test_auto_chooses_n_and_k_by_its_rule_from_the_fits_counts(model):
+    there = 48
+    xv, yv = np.tile(XV, (there // 8, 1)), np.tile(YV, (there // 8, 1))
+    aswa = ASWA(update_freq="auto", validation_data=(xv, yv))
+    assert aswa.timing == {}  # filled when a fit ends
+    models = {"built": regression_model, "subclassed-unbuilt": Subclassed}
+    fit([aswa], model=models[model]())
+    steps = len(X) // 32
+    assert aswa.cadence == chosen_for(aswa, steps, 2, there)
+    assert aswa.update_every == aswa.cadence.every
     every = aswa.update_every
-    checked = [s for s in range(every, 2 * steps + 1, every) if s >= 6]
+    checked = list(range(every, 2 * steps + 1, every))
     assert [r["step"] for r in aswa.history] == checked
     assert set(aswa.timing) == {"fit", "checks", "warm_up"}
-    assert aswa.timing["warm_up"] == chosen["warm_up_seconds"]
-    assert aswa.timing["checks"] > 0
+    assert aswa.timing["warm_up"] > 0 and aswa.timing["checks"] > 0
 
 
-def test_auto_within_a_tiny_budget_checks_once_an_epoch_on_8_batches():
-    # Not even one check an epoch (of 32 batches) fits: the floor, one check
-    # an epoch on 8 of the 16 validation batches, over the budget.
-    xv, yv = np.tile(XV, (2, 1)), np.tile(YV, (2, 1))
-    aswa = ASWA(update_freq="auto", validation_data=(xv, yv), check_budget=1e-9)
-    fit([aswa])
-    assert (aswa.update_every, aswa._chosen["validation_steps"]) == (32, 8)
+class Sleep(keras.callbacks.Callback):
+    """Makes every training batch take 20 ms longer."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.02)
+
+
+def test_auto_chooses_the_same_when_training_is_slower():
+    chosen = []
+    for callbacks in ([], [Sleep()]):
+        aswa = ASWA(update_freq="auto", validation_data=(XV, YV))
+        fit([aswa, *callbacks], epochs=1)
+        chosen.append((aswa.cadence, [r["step"] for r in aswa.history]))
+    assert chosen[0] == chosen[1]
+
+
+def test_auto_checks_the_fits_last_batch():
+    # 51 batches of 16: N = 51 // 24 = 2 does not divide them.
+    aswa = ASWA(update_freq="auto", validation_data=(XV, YV))
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    n = 51 * 16
+    model.fit(
+        X[:n],
+        Y[:n],
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[aswa],
+    )
+    assert aswa.update_every == 2
+    assert [r["step"] for r in aswa.history] == [*range(2, 51, 2), 51]
+
+
+def test_auto_prints_its_choice_and_how_to_make_it_again():
+    aswa = ASWA(update_freq="auto", validation_data=(XV, YV), verbose=1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fit([aswa], epochs=1)
+    line = next(x for x in out.getvalue().splitlines() if "update_freq='auto'" in x)
+    n, k = aswa.cadence.every, aswa.cadence.validation_steps
+    assert f"a check every {n} batches on {k} validation batches" in line
+    assert f"ASWA(update_freq={n}, validation_steps={k})" in line
+    assert f"{aswa.cadence.checks} checks over the fit's 32 batches" in line
 
 
 class Subclassed(keras.Model):
@@ -125,7 +124,9 @@ class Subclassed(keras.Model):
 def test_auto_with_explicit_validation_steps_keeps_them():
     aswa = ASWA(update_freq="auto", validation_data=(XV, YV), validation_steps=3)
     fit([aswa], epochs=1)
-    assert aswa._chosen["validation_steps"] == 3
+    assert aswa.cadence.validation_steps == 3
+    steps = [r["step"] for r in aswa.history]
+    assert all(s % aswa.update_every == 0 or s == 32 for s in steps)
 
 
 def test_auto_needs_validation_data_and_swa_refuses_it():
@@ -187,7 +188,23 @@ def test_lines_never_glued_to_the_progress_bar_and_a_summary_at_the_end():
     decisions = {r["decision"] for r in aswa.history}
     assert "4 decisions" in summary[0]
     assert all(d in summary[0] for d in decisions)
-    assert f"ensemble of {aswa.ensemble_size} snapshot(s)" in summary[0]
-    share = float(re.search(r"([\d.]+)% of the fit", summary[0]).group(1))
-    expected = 100 * aswa.timing["checks"] / aswa.timing["fit"]
-    assert abs(share - expected) < 0.06
+    after = text[text.index("ASWA summary") :]
+    best, last = aswa.best_score, aswa.history[-1]["running"]
+    assert (
+        f"val_loss: ensemble {best:.6g}, running model at the last check {last:.6g}"
+        in after
+    )
+    if aswa.ensemble_size == 1:
+        start = next(
+            r for r in reversed(aswa.history) if r["decision"] in ("init", "hard")
+        )
+        assert (
+            "no averaging: the ensemble is the running model at step "
+            f"{start['step']}" in summary[0]
+        )
+    else:
+        assert f"the ensemble averages {aswa.ensemble_size} snapshots" in summary[0]
+    added = re.search(r"time added: ([\d.]+) s, ([\d.]+)% of the fit's", after)
+    seconds = aswa.timing["checks"] + aswa.timing["warm_up"]
+    assert abs(float(added.group(1)) - seconds) < 0.06
+    assert abs(float(added.group(2)) - 100 * seconds / aswa.timing["fit"]) < 0.06

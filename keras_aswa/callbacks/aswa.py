@@ -7,9 +7,10 @@ import time
 import warnings
 from collections.abc import Callable
 
-import numpy as np
+import keras
 
-from keras_aswa import internals
+from keras_aswa import cadence, internals
+from keras_aswa.cadence import Cadence
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 from keras_aswa.decision import decide, resolve_mode
@@ -291,12 +292,9 @@ class ASWA(AveragingCallback):
     def _reset_fit(self):
         super()._reset_fit()
         self.best_score: float | None = None
+        self.cadence: Cadence | None = None  # what update_freq="auto" chose
         self._direction = None
         self._warm_up_seconds = 0.0
-        # (fixed, per-batch) seconds of an evaluation, timed by "auto"'s warm-up
-        self._evaluation_cost: tuple[float, float] | None = None
-        self._stamps: list[float] = []  # batch ends, until "auto" chooses N
-        self._chosen: dict = {}
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -318,8 +316,20 @@ class ASWA(AveragingCallback):
             self._direction = resolve_mode(self.monitor, self.mode, model)
         except ValueError:
             self._direction = None
-        if self.update_freq != "epoch" and model.built:
-            self._warm_up(model)
+        running_key = f"aswa_running_{self.monitor}"
+        for callback in internals.fit_callbacks(self._fit):
+            if getattr(callback, "monitor", None) == running_key and isinstance(
+                callback, keras.callbacks.ModelCheckpoint
+            ):
+                # It compares the running model's scores from the first check.
+                internals.set_monitor_direction(callback)
+        if self.update_freq == "auto":
+            self._every = self._choose()
+        if self.update_freq != "epoch":
+            if model.built:
+                self._warm_up(model)
+            else:
+                self._every = None  # `_choose_every` warms up at the first batch
         self._warn_if_no_check()
 
     def on_train_end(self, logs=None):
@@ -327,47 +337,14 @@ class ASWA(AveragingCallback):
         self._scorer.on_train_end()
 
     def _warm_up(self, model) -> None:
-        """Compiles the evaluation and the averaging now, outside the
-        training whose share the checks count; with "auto", times the
-        evaluation too."""
-        with rng_preserved():  # the batch order must not change
+        """Compiles a check (at its own batch shapes) and the averaging now,
+        outside the training; the seconds go to `timing["warm_up"]`."""
+        # Neither the batch order nor fit's metrics may change.
+        with rng_preserved(), internals.training_state_kept(model):
             start = time.perf_counter()
             self._scorer.warm_up(model)
             self._engine().warm_up()
             self._warm_up_seconds = time.perf_counter() - start
-            if self.update_freq == "auto":
-                self._evaluation_cost = self._time_evaluations(model)
-
-    def _time_evaluations(self, model) -> tuple[float, float]:
-        """An evaluation's cost as `(fixed, per_batch)` seconds: a call's
-        overhead and each batch's share, from evaluations on 1 batch and on
-        the most a check may use (where the batches are a choice; else
-        `(one check's evaluation, 0)`). Where an evaluation's shapes may be
-        new (its last batch shorter), the faster of two calls: the first may
-        compile, and noise only adds. Their time counts as warm-up."""
-
-        def timed(steps, calls=2):
-            return min(self._evaluate_once(model, steps) for _ in range(calls))
-
-        most = self._scorer.batches()
-        if self.validation_steps is not None or most is None:
-            return timed(None), 0.0
-        most = min(most, _MAX_BATCHES)
-        one = timed(1, calls=1)  # its shapes compiled by the warm-up
-        if most == 1:
-            return one, 0.0
-        # Per batch: the slope between the two, never below zero (noise).
-        per_batch = max(0.0, (timed(most) - one) / (most - 1))
-        return max(0.0, one - per_batch), per_batch
-
-    def _evaluate_once(self, model, steps) -> float:
-        """Evaluates once on `steps` batches (see `Scorer.warm_up`); its
-        seconds, which count as warm-up."""
-        start = time.perf_counter()
-        self._scorer.warm_up(model, steps)
-        seconds = time.perf_counter() - start
-        self._warm_up_seconds += seconds
-        return seconds
 
     def _warn_if_no_check(self) -> None:
         steps, epochs = (
@@ -384,91 +361,34 @@ class ASWA(AveragingCallback):
                 stacklevel=3,
             )
 
-    def _choose_every(self) -> int | None:
-        """The rule of `update_freq="auto"`; see the class docstring."""
-        if self._evaluation_cost is None:
-            # Built by its first batch (TensorFlow): compiled and timed now,
-            # before the batches that are timed.
-            self._warm_up(self.model)
-        now = time.perf_counter()
-        self._stamps.append(now)
+    def _choose(self) -> int:
+        """`update_freq="auto"`: N and K by `keras_aswa.cadence`, from this
+        fit's counts; K is set on the scorer, N returned."""
         steps = self._steps_per_epoch()
-        enough = len(self._stamps) >= _TIMED_BATCHES + 1
-        if not enough and (steps is None or len(self._stamps) < steps):
-            return None
-        # The first batch compiled the training step: timed from the second.
-        gaps = np.diff(self._stamps[1:])
-        step_seconds = float(np.median(gaps)) if gaps.size else now - self._fit_start
-        # The seconds of checks a training batch affords. The warm-up, spent
-        # once, is not charged: on a fit of a few seconds it takes most of
-        # the budget, and a rule that charged it checked a 2-epoch MLP on
-        # Fashion-MNIST once an epoch, i.e. kept the last model.
-        rate = self.check_budget * step_seconds
-        # Two checks an epoch at least, or one where two on _MIN_BATCHES
-        # batches would exceed the budget: fewer checks, each on enough data.
-        floor_every = max(1, steps // _CHECKS_PER_EPOCH) if steps else None
-        batches = self._scorer.batches()  # K: None where unknown, or a score_fn
-        fixed, per_batch = self._evaluation_cost
-
-        def check_seconds(k):  # two evaluations of k batches
-            return 2 * (fixed + per_batch * k)
-
-        if self.validation_steps is None and batches is not None:
-
-            def affordable(every):  # the batches a check every `every` affords
-                if every is None:
-                    return _MAX_BATCHES
-                spare = rate * every / 2 - fixed
-                if spare < 0:
-                    return 0
-                return _MAX_BATCHES if per_batch == 0 else math.floor(spare / per_batch)
-
-            # More batches only where _AIMED_CHECKS an epoch afford them:
-            # frequent checks on _MIN_BATCHES beat rare ones on more (the
-            # quality benchmark's 2-epoch runs).
-            aim_every = max(1, steps // _AIMED_CHECKS) if steps else None
-            there = batches
-            fewest = min(batches, _MIN_BATCHES)
-            if affordable(aim_every) >= fewest:
-                batches = min(batches, _MAX_BATCHES, affordable(aim_every))
-            elif affordable(floor_every) >= fewest:
-                batches = fewest
-            else:
-                # Over the budget rather than on fewer batches: on one batch
-                # of 32 images, once an epoch, the checks chose worse than
-                # the last model (the quality benchmark's fine-tuning runs).
-                floor_every = steps
-                batches = fewest
-            timed_on = (1, min(there, _MAX_BATCHES))  # by _time_evaluations
-            self._scorer.limit(batches)
-            if batches not in timed_on:
-                # Compiled now for the shapes of K batches (a last, shorter
-                # one), not in the first check.
-                with rng_preserved():
-                    self._evaluate_once(self.model, None)
-        check = check_seconds(batches or 1)
-        every = floor_every or 1
-        if rate > 0:
-            every = max(1, math.ceil(check / rate))
-        if floor_every is not None:
-            every = min(every, floor_every)
-        self._chosen = {
-            "update_every": every,
-            "validation_steps": batches,
-            "step_seconds": step_seconds,
-            "evaluation_seconds": {"fixed": fixed, "per_batch": per_batch},
-            "warm_up_seconds": self._warm_up_seconds,
-        }
+        epochs = (self.params or {}).get("epochs")
+        total = steps * epochs if steps and epochs else None
+        self.cadence = cadence.choose(
+            total_steps=total,
+            steps_per_epoch=steps,
+            validation_batches=self._scorer.batches(),
+            batch_size=self._batch_size,
+            validation_batch_size=self._scorer.batch_samples(),
+            check_budget=self.check_budget,
+            validation_steps=self.validation_steps,
+            counted=not isinstance(self._scorer, FunctionScore),
+        )
+        if self.cadence.validation_steps is not None:
+            self._scorer.limit(self.cadence.validation_steps)
+        self._last_check = total  # the last weights are a candidate
         if self.verbose:
-            self._print(
-                f"ASWA update_freq='auto': a check every {every} batches"
-                + ("" if batches is None else f", on {batches} validation batches")
-                + f" (a training batch took {1000 * step_seconds:.1f} ms, "
-                f"a check {1000 * check:.1f} ms, "
-                f"check_budget={self.check_budget:g} of the training time; "
-                f"the warm-up took {self._warm_up_seconds:.1f} s)."
-            )
-        return every
+            self._print(_describe_cadence(self.cadence, self.check_budget, total))
+        return self.cadence.every
+
+    def _choose_every(self):
+        # A model built by its first batch (TensorFlow without an Input):
+        # the check compiles now, before the next batches train.
+        self._warm_up(self.model)
+        return self.update_freq if self.cadence is None else self.cadence.every
 
     def _decide(self, epoch, step, logs):
         if epoch < self.start_from_epoch:
@@ -479,22 +399,16 @@ class ASWA(AveragingCallback):
         model = self.model
         if self._direction is None:
             self._direction = resolve_mode(self.monitor, self.mode, model)
-        running = self._scorer.running(model, logs)
+        average = self._average
+        running, provisional = self._scorer.scores(model, logs, average)
         if running is not None and step is None and self.monitor not in logs:
             # For callbacks after this one. Not at a check within an epoch:
             # its batch logs are no validation (the progress bar would show
             # a K-batch score as fit's val_loss).
             logs[self.monitor] = running
-        average = self._average
-        provisional = None
-        if running is None or average.empty:
+        if provisional is None:
             decision = decide(running, None, None, self._direction, initialised=False)
         else:
-            average.show_provisional()
-            try:
-                provisional = self._scorer.current(model)
-            finally:
-                average.hide()
             decision = decide(
                 running, provisional, self.best_score, self._direction, self.min_delta
             )
@@ -519,6 +433,10 @@ class ASWA(AveragingCallback):
             record["step"] = step
         self.history.append(record)
         self._log(logs)
+        if running is not None:
+            # For ModelCheckpoint(monitor=...) after this callback: the
+            # running model's score, at every check.
+            logs[f"aswa_running_{self.monitor}"] = running
         if self.verbose:
             legend = _LEGEND + "\n" if len(self.history) == 1 else ""
             self._print(legend + self._describe(record, before))
@@ -548,7 +466,7 @@ class ASWA(AveragingCallback):
         }
 
     def _state_meta(self):
-        steps = self._chosen.get("validation_steps")
+        steps = None if self.cadence is None else self.cadence.validation_steps
         return {"best_score": self.best_score, "validation_steps": steps}
 
     def _load_state(self, meta):
@@ -568,31 +486,35 @@ class ASWA(AveragingCallback):
             counts[record["decision"]] += 1
         decisions = ", ".join(f"{d} {n}" for d, n in counts.items() if n)
         where = "step" if "step" in self.history[-1] else "epoch"
-        first = next(
-            (
-                r[where]
-                for r in reversed(self.history)
-                if r["decision"] in ("init", "hard")
-            ),
-            None,
+        made = [r for r in self.history if r["decision"] not in ("reject", "skip")]
+        start = next(
+            (r for r in reversed(made) if r["decision"] in ("init", "hard")), None
         )
-        last = next(
-            (
-                r[where]
-                for r in reversed(self.history)
-                if r["decision"] != "reject" and r["decision"] != "skip"
-            ),
-            None,
-        )
-        span = "" if first is None else f" from {where} {first} to {last}"
-        fit = self.timing["fit"]
-        share = self.timing["checks"] / fit if fit else 0.0
+        if start is None:
+            ensemble = "no ensemble"
+        elif self.ensemble_size == 1:
+            ensemble = (
+                "no averaging: the ensemble is the running model at "
+                f"{where} {start[where]}"
+            )
+        else:
+            ensemble = (
+                f"the ensemble averages {self.ensemble_size} snapshots, from "
+                f"{where} {start[where]} to {made[-1][where]}"
+            )
+        scored = [r["running"] for r in self.history if r["running"] is not None]
+        last = "-" if not scored else f"{scored[-1]:.6g}"
         best = "-" if self.best_score is None else f"{self.best_score:.6g}"
+        fit = self.timing["fit"]
+        added = self.timing["checks"] + self._warm_up_seconds
+        share = added / fit if fit else 0.0
         return (
             f"ASWA summary: {len(self.history)} decisions ({decisions}); "
-            f"ensemble of {self.ensemble_size} snapshot(s){span}; best "
-            f"{self.monitor} {best}; checks took {self.timing['checks']:.1f} s, "
-            f"{100 * share:.1f}% of the fit's {fit:.1f} s (warm-up: "
+            f"{ensemble}.\n"
+            f"  {self.monitor}: ensemble {best}, running model at the last "
+            f"check {last}.\n"
+            f"  time added: {added:.1f} s, {100 * share:.1f}% of the fit's "
+            f"{fit:.1f} s (checks {self.timing['checks']:.1f} s, warm-up "
             f"{self._warm_up_seconds:.1f} s)."
         )
 
@@ -612,18 +534,6 @@ class ASWA(AveragingCallback):
         )
 
 
-# update_freq="auto": timed training batches before N is chosen, timed
-# evaluations of one batch, the checks an epoch gets at least where the
-# budget allows, and the fewest and most validation batches a check scores
-# (on fewer than 8 batches of 32 a score moves with the batches more than
-# with the weights: on Fashion-MNIST, checks on 1 to 4 batches chose worse
-# ensembles).
-_TIMED_BATCHES = 5
-_CHECKS_PER_EPOCH = 2
-_AIMED_CHECKS = 8
-_MIN_BATCHES = 8
-_MAX_BATCHES = 32
-
 _LEGEND = (
     "ASWA: r = running model, p = provisional ensemble (the ensemble with this "
     "snapshot added), e = ensemble; epochs count from 0, as in aswa.history "
@@ -636,3 +546,40 @@ _REASONS = {
     "reject": "p does not beat e",
     "skip": "no usable score",
 }
+
+
+def _describe_cadence(chosen: Cadence, check_budget: float, total: int | None) -> str:
+    """The line `update_freq="auto"` prints: what it chose, and how to
+    choose it again."""
+    on = (
+        ""
+        if chosen.validation_steps is None
+        else f" on {chosen.validation_steps} validation batches"
+    )
+    checks = (
+        ""
+        if chosen.checks is None
+        else f" ({chosen.checks} checks over the fit's {total} batches, its "
+        "last included)"
+    )
+    cost = (
+        ""
+        if chosen.share is None
+        else f"; they count {100 * chosen.share:.0f}% of the training's forward "
+        f"passes (check_budget={check_budget:g}"
+        + (
+            f", exceeded for at least {cadence.MIN_CHECKS} checks a fit"
+            if chosen.share > check_budget
+            else ""
+        )
+        + ")"
+    )
+    again = f"update_freq={chosen.every}" + (
+        ""
+        if chosen.validation_steps is None
+        else f", validation_steps={chosen.validation_steps}"
+    )
+    return (
+        f"ASWA update_freq='auto': a check every {chosen.every} batches{on}"
+        f"{checks}{cost}. The same checks: ASWA({again})."
+    )

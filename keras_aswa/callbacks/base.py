@@ -203,6 +203,8 @@ class AveragingCallback(keras.callbacks.Callback):
         # The batches between two checks: update_freq, or, with "auto", None
         # until chosen from the first batches' timings.
         self._every = self.update_freq if isinstance(self.update_freq, int) else None
+        # A batch that is checked whatever N ("auto": the fit's last one).
+        self._last_check: int | None = None
         self._fit_start = time.perf_counter()
         self._check_seconds = 0.0
         self._epoch_start = 0  # ... before the current epoch
@@ -234,7 +236,10 @@ class AveragingCallback(keras.callbacks.Callback):
             self._every = self._choose_every()
             if self._every is None:
                 return
-        if self._step // self._every > before // self._every:
+        due = self._step // self._every > before // self._every
+        if due or (
+            self._last_check is not None and before < self._last_check <= self._step
+        ):
             self._act(self._epoch, self._step, logs if logs is not None else {})
 
     def _choose_every(self) -> int | None:
