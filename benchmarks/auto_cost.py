@@ -15,8 +15,8 @@ fits, whose times move most between runs):
 Reported per backend: the median fit times and their ratio (the first
 compile of each fit included), the median of the ratios of each `auto` fit
 to the plain fit run just before it (steadier where the machine's speed
-drifts), the warm-up `"auto"` spends before training (compiling and timing
-the evaluation, part of the fit's time), the N and K it chose, what the
+drifts), the warm-up `"auto"` spends before training (compiling a check and
+the averaging, part of the fit's time), the N and K it chose, what the
 callback timed itself (warm-up plus checks) against the plain fit, and the
 median (and mean) time of a check against two evaluations of its K batches
 (timed after the fit on the same compiled function, median of 5).
@@ -111,11 +111,14 @@ def _one_backend(reps: dict) -> dict:
                 runs.append(
                     {
                         "warm_up": aswa.timing["warm_up"],
+                        "warm_up_check": aswa.timing["warm_up_check"],
+                        "warm_up_averaging": aswa.timing["warm_up_averaging"],
+                        "counted_share": aswa.cadence.share,
                         "checks_seconds": aswa.timing["checks"],
                         "fit": aswa.timing["fit"],
                         "checks": checks,
                         "every": aswa.update_every,
-                        "k": aswa._chosen.get("validation_steps"),
+                        "k": aswa.cadence.validation_steps,
                         "check": aswa.timing["checks"] / max(checks, 1),
                         "check_median": float(np.median(aswa.check_seconds)),
                         "evaluation": eval_seconds(aswa, model),
@@ -178,9 +181,13 @@ def render(results: dict, command: str) -> str:
         "Its cost against a plain fit. "
         f"Medians of {_reps(results)} fits each, alternating plain and `auto` "
         "(fresh model, same seed). Fit times include each fit's first compile; "
-        "the warm-up (compiling and timing the evaluation and the averaging "
-        "before training) is part of the `auto` fit and shown apart. A check "
-        "is both evaluations, the decision and the bookkeeping; `check / 2 x "
+        "the warm-up (compiling one check at its batch shapes, and the "
+        "averaging kernels on a dry run, before training) is part of the `auto` "
+        "fit and shown apart. A check scores both weight sets in one compiled "
+        "call per batch, then decides and keeps the books; `checks' share` is "
+        "the checks' time over the `auto` fit's, and their cost as "
+        "`keras_aswa.cadence` counts it against the training's (over "
+        "`check_budget` where the floor of 24 checks a fit sets N); `check / 2 x "
         "eval(K)` divides the median check of the median run by twice the "
         "median of 5 evaluations of the same K batches, timed after the fit "
         "(the mean check is shown too: it includes the first checks). `paired` "
@@ -190,8 +197,8 @@ def render(results: dict, command: str) -> str:
         "would be without the machine's noise and the rest of the hooks.",
         "",
         "| backend | workload | plain fit (s) | auto fit (s) | ratio | paired "
-        "| warm-up (s) | ASWA's own | N, K | checks | checks' share "
-        "| check / 2 x eval(K): median | mean |",
+        "| warm-up (s): check + averaging | ASWA's own | N, K | checks "
+        "| checks' share: timed, counted | check / 2 x eval(K): median | mean |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, entry in results["backends"].items():
@@ -204,6 +211,8 @@ def render(results: dict, command: str) -> str:
             per_eval = r["check"] / (2 * r["evaluation"])
             per_eval_median = r["check_median"] / (2 * r["evaluation"])
             warm_up = _median([x["warm_up"] for x in f["runs"]])
+            check_compile = _median([x["warm_up_check"] for x in f["runs"]])
+            kernels = _median([x["warm_up_averaging"] for x in f["runs"]])
             pairs = list(zip(f["plain"], f["auto"], f["runs"], strict=True))
             paired = _median([a / p for p, a, _ in pairs])
             own = _median(
@@ -211,8 +220,10 @@ def render(results: dict, command: str) -> str:
             )
             lines.append(
                 f"| {backend} | {name} | {plain:.2f} | {auto:.2f} | "
-                f"{auto / plain:.3f}x | {paired:.3f}x | {warm_up:.2f} | {own:.3f}x"
-                f" | {r['every']}, {r['k']} | {r['checks']} | {100 * share:.1f}% | "
+                f"{auto / plain:.3f}x | {paired:.3f}x | {warm_up:.2f}: "
+                f"{check_compile:.2f} + {kernels:.2f} | {own:.3f}x"
+                f" | {r['every']}, {r['k']} | {r['checks']} | {100 * share:.1f}%, "
+                f"{100 * r['counted_share']:.0f}% | "
                 f"{per_eval_median:.2f}x | {per_eval:.2f}x |"
             )
     return "\n".join(lines) + "\n"

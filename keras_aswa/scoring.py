@@ -9,7 +9,8 @@ ensemble). Three sources:
   validates with, so its data, batching and compiled test function are reused
   (one extra evaluation per epoch, no re-tracing).
 - `DataValidation`: data given to the callback. Both scores are evaluated on
-  it, so that they are comparable.
+  it, so that they are comparable: in one compiled call per batch for both
+  weight sets (`keras_aswa.evaluation`), where the model allows it.
 - `FunctionScore`: a user's `score_fn(model) -> float` scores both.
 """
 
@@ -162,7 +163,11 @@ class FitValidation(Scorer):
 class DataValidation(Scorer):
     """Scores both models by evaluating on data given to the callback.
 
-    The evaluations run through a compiled test function of their own, kept
+    Both weight sets are scored by `keras_aswa.evaluation.Evaluation` on
+    batches prepared once per fit, where `evaluation.available` allows it.
+    Elsewhere (a distribution strategy, BatchNorm recomputed for the
+    provisional ensemble) they are evaluated: through a compiled test
+    function of their own, kept
     for the length of a `fit`: on TensorFlow, sharing `fit`'s would make it
     retrace for a second input signature (labels of shape `(n,)` beside
     `fit`'s `(n, 1)`) with relaxed shapes, which Keras' losses cannot handle.

@@ -58,8 +58,17 @@ def test_auto_chooses_n_and_k_by_its_rule_from_the_fits_counts(model):
     every = aswa.update_every
     checked = list(range(every, 2 * steps + 1, every))
     assert [r["step"] for r in aswa.history] == checked
-    assert set(aswa.timing) == {"fit", "checks", "warm_up"}
-    assert aswa.timing["warm_up"] > 0 and aswa.timing["checks"] > 0
+    timing = aswa.timing
+    assert set(timing) == {
+        "fit",
+        "checks",
+        "warm_up",
+        "warm_up_check",
+        "warm_up_averaging",
+    }
+    assert timing["warm_up_check"] > 0 and timing["checks"] > 0
+    parts = timing["warm_up_check"] + timing["warm_up_averaging"]
+    assert timing["warm_up"] == pytest.approx(parts)
 
 
 class Sleep(keras.callbacks.Callback):

@@ -348,3 +348,58 @@ def test_take_train_batch_end_keeps_epoch_level_callbacks_async():
         pytest.skip("this backend dispatches batch hooks in order anyway")
     assert dispatch([epoch])._async_train is True, gone("take_train_batch_end", why)
     assert dispatch([step])._async_train is False, gone("take_train_batch_end", why)
+
+
+# --- Evaluating beside fit ------------------------------------------------------
+
+
+def check_training_state_kept(model):
+    """Evaluates inside `training_state_kept` at a batch end of a running
+    fit; returns fit's history and a plain fit's."""
+    (x, y), (xv, yv) = regression_data()
+
+    class Evaluates(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                with internals.training_state_kept(self.model):
+                    self.model.evaluate(xv, yv, verbose=0)
+
+    def run(callbacks):
+        keras.utils.set_random_seed(0)
+        fresh = regression_model()
+        fresh.compile(keras.optimizers.Adam(ADAM_LR), "mse", metrics=["mae"])
+        return fresh.fit(
+            x, y, epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks
+        ).history
+
+    return run([Evaluates()]), run([])
+
+
+def test_training_state_kept():
+    why = (
+        "model.metrics_variables (the compiled metrics evaluate resets) and, "
+        "on JAX, Trainer._jax_state"
+    )
+    kept, plain = check_training_state_kept(regression_model())
+    assert kept == plain, gone("training_state_kept", why)
+
+
+def test_training_state_kept_fails_without_its_restore(monkeypatch):
+    # The mutation: a training_state_kept that restores nothing.
+    import contextlib
+
+    monkeypatch.setattr(
+        internals, "training_state_kept", lambda model: contextlib.nullcontext()
+    )
+    kept, plain = check_training_state_kept(regression_model())
+    assert kept != plain
+
+
+def test_set_monitor_direction():
+    why = "ModelCheckpoint._set_monitor_op and its monitor_op"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        "unused.weights.h5", monitor="aswa_running_val_loss", mode="min", save_freq=2
+    )
+    assert checkpoint.monitor_op is None, gone("set_monitor_direction", why)
+    internals.set_monitor_direction(checkpoint)
+    assert checkpoint._is_improvement(0.5, 1.0), gone("set_monitor_direction", why)

@@ -87,7 +87,7 @@ def method_label(method: str) -> str:
 # that scores best on validation (tracked beside the optimizer's own).
 EXTRA_BASELINES = ("best_step", "ema_tuned")
 EMA_MOMENTA = (0.9, 0.99, 0.999)
-REGIMES = ("finetune", "small", "rich", "text")
+REGIMES = ("finetune", "small", "rich", "text", "short")
 # Fine-tuning: a CNN pretrained on Fashion-MNIST classes 0-4, fine-tuned on
 # FINETUNE_TRAIN images of classes 5-9; LoRA of rank LORA_RANK on the
 # backbone's Dense layer (Keras has no LoRA for convolutions).
@@ -101,6 +101,11 @@ FINETUNE_EPOCHS = 20
 LORA_RANK = 4
 FINETUNE_TRAIN, FINETUNE_VAL = 1000, 500  # images, 5 classes, balanced
 SMALL_TRAIN, SMALL_VAL = 2000, 500  # images, 10 classes, balanced
+# Short fine-tuning: the fine-tuning regime's pretrained CNN, fully fine-tuned
+# for SHORT_EPOCHS epochs of 32 batches (96 optimizer steps), step-level ASWA
+# every SHORT_STEP_FREQS batches on all validation batches and "auto".
+SHORT_EPOCHS, SHORT_LEARNING_RATE = 3, 1e-3
+SHORT_STEP_FREQS = (4, 8, "auto")
 SMALL_EPOCHS = 40
 PRETRAIN_EPOCHS = 2
 # Text: examples/finetune_lora.py's task at its own settings (`prepare`'s
@@ -320,6 +325,23 @@ def regime_configs(regimes, smoke: bool, only=None, step_freqs=None) -> list[Con
                 **extra,
             )
             grid.append(replace(text, **SMOKE_TEXT) if smoke else text)
+        elif regime == "short":
+            grid.append(
+                Config(
+                    "fmnist_finetune",
+                    "cnn",
+                    SHORT_EPOCHS,
+                    32,
+                    SHORT_LEARNING_RATE,
+                    "val_loss",
+                    "min",
+                    step_freqs=SHORT_STEP_FREQS,
+                    variant=f"short-full-lr{SHORT_LEARNING_RATE:g}",
+                    regime=regime,
+                    finetune="full",
+                    **extra,
+                )
+            )
         else:
             raise ValueError(f"unknown regime {regime!r}; have {REGIMES}")
     if smoke:

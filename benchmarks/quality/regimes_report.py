@@ -16,6 +16,8 @@ from benchmarks.quality.config import (
     FINETUNE_VAL,
     LORA_RANK,
     PRETRAIN_EPOCHS,
+    SHORT_EPOCHS,
+    SHORT_LEARNING_RATE,
     SMALL_EPOCHS,
     SMALL_TRAIN,
     SMALL_VAL,
@@ -45,6 +47,7 @@ REGIME_TITLES = {
     "rich": "Data-rich (Fashion-MNIST, 54,000 images)",
     "text": "Fine-tuning a pretrained BERT with LoRA (Austen's novels, 1,000 "
     "paragraphs)",
+    "short": "Short fine-tuning: 96 optimizer steps of a pretrained CNN",
 }
 
 
@@ -234,6 +237,13 @@ def _regime_setup() -> dict[str, str]:
             f"({lrs}): at the lower one of each variant the runs are still "
             "improving at the end, at the higher one they have converged (chosen "
             "by a sweep, docs/benchmarks.md)."
+        ),
+        "short": (
+            "- Short fine-tuning: the fine-tuning regime's pretrained CNN and data, "
+            f"fully fine-tuned for {SHORT_EPOCHS} epochs of 32 batches (96 optimizer "
+            f"steps) at Adam {SHORT_LEARNING_RATE:g}, every method on `val_loss`; "
+            "step-level ASWA every 4 and 8 batches on all validation batches, and "
+            '`update_freq="auto"` (its floor of 24 checks: every 4 batches, on 8).'
         ),
         "small": (
             f"- Small data: an MLP (256-128) on {SMALL_TRAIN} training images (200 a "

@@ -92,35 +92,19 @@ class ASWA(AveragingCallback):
             past each multiple of `N` (2 and `N=3`: after batches 4, 6, 10,
             12, 16 of two 8-batch epochs). `"auto"` (recommended for runs
             of a few epochs) chooses `N`, and `validation_steps` `K` where
-            it is None, so that the checks take at most `check_budget` of
-            the fit's training time: the evaluation (on one validation
-            batch) and the averaging (on a dry run) are compiled before
-            training, in a warm-up reported apart in `timing["warm_up"]`,
-            and the evaluation timed on one batch and on the most a check
-            may use (the faster of two calls where the first may compile),
-            which gives its fixed and its per-batch seconds (once `K` is
-            chosen, one more evaluation on `K` batches, where neither was on
-            `K`, compiles their shapes, in the warm-up too); the first five
-            training batches are timed, and each affords `check_budget`
-            times their median time of checks. Then `K` is all the
-            validation batches, at most 32,
-            fewer where that keeps eight checks per epoch within the budget,
-            but at least 8 (or all, where fewer): frequent checks on 8
-            batches chose better ensembles than rare ones on more; and `N`
-            the fewest batches whose share of the budget covers a check (two
-            evaluations of `K` batches), at most half an epoch. Where two
-            checks an epoch on 8 batches exceed the budget, there is one an
-            epoch (`N` at most an epoch) on 8 batches, even where that
-            exceeds the budget (short epochs): a check costs then at most
-            what validating every epoch on 8 batches costs.
-            Where the epoch's length is unknown, `K` is all the batches (at
-            most 32) and `N` is not capped. Checks fall at the multiples of
-            `N` from the batch where it is chosen on. `start_from_epoch`
-            still counts epochs.
-        check_budget: With `update_freq="auto"`, the share of the fit's
-            training time the checks may take (0.1: a tenth), except where
-            one check an epoch on 8 batches exceeds it; the warm-up before
-            training comes on top.
+            it is None, from the fit's counts (`keras_aswa.cadence`: the same
+            on any machine): every validation batch up to 32, at least 24
+            checks over the fit and two an epoch (K then down to 8 where the
+            budget is short), checks within `check_budget` beyond that
+            floor, and a check on the fit's last batch. A check scores the
+            running and the provisional weights in one compiled call of the
+            model's `test_step` per batch, without `evaluate` and without
+            changing `fit`'s metrics (docs: "Fine-tuning a pretrained
+            model").
+        check_budget: With `update_freq="auto"`, the share of the
+            training's forward passes the checks may take (0.1: a tenth),
+            beyond the floor of checks; the warm-up before training (one
+            compile of a check and of the averaging) comes on top.
         variables: Which variables the ensemble holds. None (the default):
             what training changes, i.e. the trainable variables and the
             non-trainable float variables of trainable layers (BatchNorm
@@ -180,10 +164,14 @@ class ASWA(AveragingCallback):
         update_every: The training batches between two checks (the `N` that
             `update_freq="auto"` chose; None at epoch level, or before it
             chose).
+        cadence: What `update_freq="auto"` chose for this fit (a
+            `keras_aswa.cadence.Cadence`: `every`, `validation_steps`,
+            `checks`, `share`), None otherwise.
         timing: Empty until `fit` ends; then seconds: `"fit"` (the whole
             fit), `"checks"` (the decisions, evaluations included) and
-            `"warm_up"` (compiling the evaluation and the averaging before
-            training, at step level).
+            `"warm_up"` (compiling a check and the averaging before
+            training, at step level: `"warm_up_check"` plus
+            `"warm_up_averaging"`).
 
     Raises:
         ValueError: On an unknown `mode`, a negative `start_from_epoch`, an
@@ -294,7 +282,7 @@ class ASWA(AveragingCallback):
         self.best_score: float | None = None
         self.cadence: Cadence | None = None  # what update_freq="auto" chose
         self._direction = None
-        self._warm_up_seconds = 0.0
+        self._warm_up_seconds = {"warm_up_check": 0.0, "warm_up_averaging": 0.0}
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -343,8 +331,12 @@ class ASWA(AveragingCallback):
         with rng_preserved(), internals.training_state_kept(model):
             start = time.perf_counter()
             self._scorer.warm_up(model)
+            compiled = time.perf_counter()
             self._engine().warm_up()
-            self._warm_up_seconds = time.perf_counter() - start
+            self._warm_up_seconds = {
+                "warm_up_check": compiled - start,
+                "warm_up_averaging": time.perf_counter() - compiled,
+            }
 
     def _warn_if_no_check(self) -> None:
         steps, epochs = (
@@ -476,7 +468,7 @@ class ASWA(AveragingCallback):
             self._scorer.limit(meta["validation_steps"])
 
     def _extra_timing(self):
-        return {"warm_up": self._warm_up_seconds}
+        return {"warm_up": sum(self._warm_up_seconds.values()), **self._warm_up_seconds}
 
     def _summary(self):
         if not self.history:
@@ -506,7 +498,7 @@ class ASWA(AveragingCallback):
         last = "-" if not scored else f"{scored[-1]:.6g}"
         best = "-" if self.best_score is None else f"{self.best_score:.6g}"
         fit = self.timing["fit"]
-        added = self.timing["checks"] + self._warm_up_seconds
+        added = self.timing["checks"] + self.timing["warm_up"]
         share = added / fit if fit else 0.0
         return (
             f"ASWA summary: {len(self.history)} decisions ({decisions}); "
@@ -515,7 +507,7 @@ class ASWA(AveragingCallback):
             f"check {last}.\n"
             f"  time added: {added:.1f} s, {100 * share:.1f}% of the fit's "
             f"{fit:.1f} s (checks {self.timing['checks']:.1f} s, warm-up "
-            f"{self._warm_up_seconds:.1f} s)."
+            f"{self.timing['warm_up']:.1f} s)."
         )
 
     def _describe(self, record, before):

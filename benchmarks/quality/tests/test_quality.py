@@ -21,6 +21,7 @@ from benchmarks.quality.__main__ import main
 from benchmarks.quality.config import (
     EXTRA_BASELINES,
     FINETUNE_LRS,
+    FINETUNE_TRAIN,
     FINETUNE_VARIANTS,
     KG_METRICS,
     LORA_RANK,
@@ -525,6 +526,7 @@ def test_regime_grid():
         "fashion_mnist/mlp",
         "fashion_mnist/cnn",
         "austen/bert-lora",
+        "fmnist_finetune/cnn-short-full-lr0.001",
     ]
     grid = {c.key: c for c in regime_configs(REGIMES, smoke=False)}
     small = grid["fmnist_small/mlp-val_accuracy"]
@@ -552,6 +554,10 @@ def test_regime_grid():
         assert c.step_freqs and c.baselines == EXTRA_BASELINES
         epochs = SMOKE_TEXT["epochs"] if c.regime == "text" else 3
         assert c.epochs == epochs, c.key
+    short = grid["fmnist_finetune/cnn-short-full-lr0.001"]
+    # At most 100 optimizer steps: 3 epochs of 1,000 images in batches of 32.
+    assert short.epochs * -(-FINETUNE_TRAIN // short.batch_size) <= 100
+    assert short.step_freqs == (4, 8, "auto") and short.finetune == "full"
     text = grid["austen/bert-lora"]
     assert (text.monitor, text.mode, text.step_freqs) == (
         "val_accuracy",
