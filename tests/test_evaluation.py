@@ -114,7 +114,8 @@ def test_the_ensemble_handed_back_scores_best_score():
     assert loss == pytest.approx(aswa.best_score, rel=1e-5)
 
 
-def test_a_check_on_the_last_batch_of_an_epoch_of_unknown_length():
+@pytest.mark.parametrize("score_fn", [False, True], ids=["compiled", "score_fn"])
+def test_a_check_on_the_last_batch_of_an_epoch_of_unknown_length(score_fn):
     # A filtered tf.data dataset: Keras learns the epoch's length only by
     # running out of data, one iteration after the last batch (on JAX, with
     # the trainer's state purged from the variables in between).
@@ -122,7 +123,14 @@ def test_a_check_on_the_last_batch_of_an_epoch_of_unknown_length():
     data = (
         tf.data.Dataset.from_tensor_slices((X, Y)).filter(lambda x, y: True).batch(32)
     )
-    aswa = ASWA(validation_data=(XV, YV), update_freq=5)
+    if score_fn:
+
+        def score(model):
+            return model.evaluate(XV, YV, verbose=0, return_dict=True)["loss"]
+
+        aswa = ASWA(score_fn=score, mode="min", update_freq=5)
+    else:
+        aswa = ASWA(validation_data=(XV, YV), update_freq=5)
     model = classifier()
     model.fit(data, epochs=2, verbose=0, callbacks=[aswa])
     assert [r["step"] for r in aswa.history] == [5, 10, 15, 20]
