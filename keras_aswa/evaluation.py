@@ -47,12 +47,18 @@ _KEPT_BYTES = 256 * 2**20
 def available(model) -> str | None:
     """Why `Evaluation` cannot score `model`, or None where it can.
 
-    It needs a compiled model whose weights are not distributed: with a
+    It needs a compiled model whose weights are not distributed (with a
     `keras.distribution` (JAX) or a `tf.distribute` strategy, batches must be
-    sharded as `fit` shards them, which `evaluate` does.
+    sharded as `fit` shards them, which `evaluate` does) and that takes its
+    batches as they are (a keras-hub task with a `preprocessor` preprocesses
+    them in its `evaluate`).
     """
     if getattr(model, "compiled", False) is not True:
         return "the model is not compiled"
+    if getattr(model, "preprocessor", None) is not None:
+        # A keras-hub task preprocesses raw data (e.g. strings) inside its
+        # `evaluate`, which the check then keeps.
+        return "the model preprocesses its data in evaluate"
     if backend.backend() == "jax" and keras.distribution.distribution() is not None:
         return "a keras.distribution is set"
     if backend.backend() == "tensorflow":
