@@ -150,10 +150,22 @@ def replay(snapshots, history, float_mask, mode="min", min_delta=0.0):
     return ensemble, provisionals
 
 
-def compiled_model(**compile_kw):
-    """The regression model, compiled with Adam and MSE."""
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse", **compile_kw)
+def compiled_model(model=None, optimizer=None, loss="mse", **compile_kw):
+    """`model` (by default the regression model) compiled: the tests' one
+    compile line.
+
+    Args:
+        model: The model to compile; None for `regression_model()`.
+        optimizer: None for `Adam(ADAM_LR)`.
+        loss: The loss (MSE by default).
+        **compile_kw: Passed on to `compile` (metrics, ...).
+
+    Returns:
+        The model.
+    """
+    model = regression_model() if model is None else model
+    optimizer = keras.optimizers.Adam(ADAM_LR) if optimizer is None else optimizer
+    model.compile(optimizer, loss, **compile_kw)
     return model
 
 
