@@ -9,7 +9,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, regression_data, regression_model
+from scenarios import compiled_model, regression_data, regression_model
 
 from keras_aswa import ASWA, SWA
 
@@ -18,7 +18,7 @@ from keras_aswa import ASWA, SWA
 
 def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
     model = model or regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     model.fit(
         X,
         Y,
