@@ -2,13 +2,15 @@
 
 Runs `python -m benchmarks.quality --smoke` with this checkout and with a
 git revision (its whole tree: engine and benchmark as they were), and
-compares, run by run: ASWA's decisions and the sha256 of each method's final
-weights (last model, early stopping, SWA, EMA, ASWA). Methods only one side
-has (a newer benchmark's step-level ASWA) are listed, not compared::
+compares the runs both made, paired by configuration and seed: ASWA's
+decisions and the sha256 of each method's final weights (last model, early
+stopping, SWA, EMA, ASWA). Runs and methods only one side has (a newer
+smoke's configurations, a newer benchmark's step-level ASWA) are listed, not
+compared::
 
     python -m benchmarks.identity --baseline 8618a07 --backend all
 
-Exits 1 when a compared run differs.
+Exits 1 when a compared run differs, or when no run was compared.
 """
 
 from __future__ import annotations
@@ -79,39 +81,61 @@ def digest_smoke(backend: str) -> dict:
     return {"engine": str(Path(keras_aswa.__file__).parent), "runs": runs}
 
 
+def _by_run(runs: list) -> dict:
+    """Runs keyed by `(config, seed, i)`: the `i`-th run of that
+    configuration and seed (0 unless a smoke trains it more than once)."""
+    keyed, seen = {}, {}
+    for run in runs:
+        pair = (run["config"], run["seed"])
+        keyed[(*pair, seen.get(pair, 0))] = run
+        seen[pair] = seen.get(pair, 0) + 1
+    return keyed
+
+
+def _label(key: tuple) -> str:
+    config, seed, i = key
+    return f"{config} seed {seed}" + (f" (run {i + 1})" if i else "")
+
+
 def compare(before: dict, after: dict) -> tuple[bool, list[str]]:
-    """Whether two digests agree on every run and common method; report lines."""
+    """Whether two digests agree on the runs both have; report lines.
+
+    Runs are paired by configuration and seed, not by position: the runs
+    only one side has (a newer smoke's configurations) are listed, not
+    compared, and so are the methods only one side has. Identical only when
+    at least one run was compared and every compared run has the same
+    decisions and the same final weights for every common method.
+    """
     lines = []
-    same = len(before["runs"]) == len(after["runs"])
-    if not same:
-        lines.append(
-            f"run counts differ: {len(before['runs'])} vs {len(after['runs'])}"
-        )
+    old, new = _by_run(before["runs"]), _by_run(after["runs"])
+    common = [key for key in new if key in old]  # in this checkout's order
+    same = bool(common)
     decisions = weights = 0
-    for b, a in zip(before["runs"], after["runs"], strict=False):  # counted above
-        key = f"{b['config']} seed {b['seed']}"
-        if (b["config"], b["seed"]) != (a["config"], a["seed"]):
-            lines.append(f"{key}: paired with {a['config']} seed {a['seed']}")
-            same = False
-            continue
-        common = sorted(set(b["weights"]) & set(a["weights"]))
-        differ = [m for m in common if b["weights"][m] != a["weights"][m]]
+    for key in common:
+        b, a = old[key], new[key]
+        methods = sorted(set(b["weights"]) & set(a["weights"]))
+        differ = [m for m in methods if b["weights"][m] != a["weights"][m]]
         only = sorted(set(b["weights"]) ^ set(a["weights"]))
         ok = b["decisions"] == a["decisions"] and not differ
         same &= ok
         decisions += len(b["decisions"])
-        weights += len(common)
+        weights += len(methods)
         verdict = "same" if b["decisions"] == a["decisions"] else "DIFFER"
-        line = f"{key}: decisions {verdict}"
-        line += f", weights of {', '.join(common)} " + (
+        line = f"{_label(key)}: decisions {verdict}"
+        line += f", weights of {', '.join(methods)} " + (
             f"DIFFER for {', '.join(differ)}" if differ else "identical"
         )
         if only:
             line += f" (not compared: {', '.join(only)})"
         lines.append(line)
+    for side, mine, other in (("baseline", old, new), ("this checkout", new, old)):
+        alone = [_label(key) for key in mine if key not in other]
+        if alone:
+            lines.append(f"not compared, only in {side}: {'; '.join(alone)}")
     lines.append(
-        f"{'IDENTICAL' if same else 'DIFFERENT'}: {decisions} decisions, "
-        f"{weights} final weight sets compared"
+        f"{'IDENTICAL' if same else 'DIFFERENT'}: {len(common)} runs, "
+        f"{decisions} decisions, {weights} final weight sets compared"
+        + ("" if common else " (no run in common)")
     )
     return same, lines
 

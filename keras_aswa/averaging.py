@@ -7,15 +7,19 @@ itself in the variables and hides it again, adopts a provisional average
 that was shown, and writes `E` into the model. ASWA and SWA differ only in
 when they call these.
 
-`WeightAverage` keeps the count, the positions of the float variables and
-the `on_write` hook; the tensors live in a `Store`, one implementation per
-place the average lives, chosen by `make_store`:
+`WeightAverage` keeps the count, the policy, the positions of the float
+variables and the `on_write` hook. The policy is the weight `w` of the next
+member, `E <- E + w (θ - E)`: `WeightAverage.divisor` alone turns it into
+the number the stores take, `1 / w` (`n + 1` for the equal-weight mean; see
+`keras_aswa.kernels` for why the reciprocal). The tensors live in a `Store`,
+which knows no count, one implementation per place the average lives,
+chosen by `make_store`:
 
 - `DeviceStore` (JAX, torch): backend tensors beside the weights, each
   operation one call of a fused kernel over all of them
   (`keras_aswa.kernels`);
 - `SlotStore` (TensorFlow): TensorFlow variables of its own, each
-  operation one call of one graph that passes only the count;
+  operation one call of one graph that passes only the weight;
 - `HostStore` (`offload="host"`, any backend): numpy arrays in host memory,
   one device-to-host copy of the weights per update.
 
@@ -77,6 +81,8 @@ class Store:
     """The protocol: the average `E` of a list of float variables.
 
     Every method is one pass over the weights at most, one kernel call.
+    A `divisor` is the blend weight `w` as its reciprocal `1 / w`: the
+    stores blend `E + (θ - E) / divisor` (`keras_aswa.kernels.blend_one`).
 
     Args:
         variables: The Keras variables to average, all floating point.
@@ -95,9 +101,9 @@ class Store:
     ```python
     store = make_store(model.trainable_weights, ["float32"] * n)
     store.restart()                # E <- θ
-    store.show_provisional(1)      # the model holds E + (θ - E) / 2
+    store.show_provisional(2.0)    # the model holds E + (θ - E) / 2
     store.hide(keep=True)          # θ is back; E + (θ - E) / 2 is kept
-    store.adopt(1)                 # ...and becomes E
+    store.adopt(2.0)               # ...and becomes E
     ```
     """
 
@@ -117,17 +123,17 @@ class Store:
         """`E <- θ`: the variables' values, in the accumulation dtypes."""
         raise NotImplementedError
 
-    def update(self, count: int) -> None:
-        """`E <- E + (θ - E) / (count + 1)`."""
+    def update(self, divisor: float) -> None:
+        """`E <- E + (θ - E) / divisor`."""
         raise NotImplementedError
 
     def show_ensemble(self) -> None:
         """Writes `E` into the variables, keeping their values until `hide`."""
         raise NotImplementedError
 
-    def show_provisional(self, count: int) -> None:
-        """Writes `E + (θ - E) / (count + 1)` into the variables, keeping
-        their values until `hide`."""
+    def show_provisional(self, divisor: float) -> None:
+        """Writes `E + (θ - E) / divisor` into the variables, keeping their
+        values until `hide`."""
         raise NotImplementedError
 
     def hide(self, keep: bool) -> None:
@@ -140,7 +146,7 @@ class Store:
         """
         raise NotImplementedError
 
-    def adopt(self, count: int) -> None:
+    def adopt(self, divisor: float) -> None:
         """`E <-` the provisional average of the last `show_provisional`:
         the entries kept by `hide`, the others blended again."""
         raise NotImplementedError
@@ -196,20 +202,20 @@ class DeviceStore(Store):
             # `arrays`, `load`), take the copy.
             self.average = self._kernels.copy_over(self.average, thetas, self._dtypes)
 
-    def update(self, count):
+    def update(self, divisor):
         self.pending = None
         thetas = kernels.read_all(self.variables)
-        self.average = self._kernels.blend_over(self.average, thetas, count)
+        self.average = self._kernels.blend_over(self.average, thetas, divisor)
 
     def show_ensemble(self):
         self.pending = None
         values = self._kernels.copy(self.average, self._var_dtypes)
         self.running = kernels.exchange(self.variables, values)
 
-    def show_provisional(self, count):
+    def show_provisional(self, divisor):
         self.pending = None
         thetas = kernels.read_all(self.variables)
-        values = self._kernels.show(self.average, thetas, count, self._var_dtypes)
+        values = self._kernels.show(self.average, thetas, divisor, self._var_dtypes)
         self.running = kernels.exchange(self.variables, values)
 
     def hide(self, keep):
@@ -221,7 +227,7 @@ class DeviceStore(Store):
                 for s, same in zip(shown, self.unrounded, strict=True)
             ]
 
-    def adopt(self, count):
+    def adopt(self, divisor):
         kept = self.pending or [None] * len(self.variables)
         self.pending = None
         again = [i for i, p in enumerate(kept) if p is None]
@@ -233,7 +239,7 @@ class DeviceStore(Store):
             blended = blend(
                 [self.average[i] for i in again],
                 kernels.read_all([self.variables[i] for i in again]),
-                count,
+                divisor,
             )
             for i, value in zip(again, blended, strict=True):
                 kept[i] = value
@@ -274,11 +280,13 @@ class HostStore(Store):
         super().__init__(variables, dtypes)
         self._blended: list | None = None
 
-    def _blend(self, averages, variables, count):
+    def _blend(self, averages, variables, divisor):
         return [
-            a
-            + (ops.convert_to_numpy(kernels.read(v)).astype(a.dtype) - a)
-            / a.dtype.type(count + 1)
+            kernels.blend_one(
+                a,
+                ops.convert_to_numpy(kernels.read(v)).astype(a.dtype),
+                a.dtype.type(divisor),
+            )
             for a, v in zip(averages, variables, strict=True)
         ]
 
@@ -295,18 +303,18 @@ class HostStore(Store):
             for v, d in zip(self.variables, self.dtypes, strict=True)
         ]
 
-    def update(self, count):
+    def update(self, divisor):
         self.pending = None
-        self.average = self._blend(self.average, self.variables, count)
+        self.average = self._blend(self.average, self.variables, divisor)
 
     def show_ensemble(self):
         self.pending = None
         values = self._for_variables(self.average)
         self.running = kernels.exchange(self.variables, values)
 
-    def show_provisional(self, count):
+    def show_provisional(self, divisor):
         self.pending = None
-        self._blended = self._blend(self.average, self.variables, count)
+        self._blended = self._blend(self.average, self.variables, divisor)
         values = self._for_variables(self._blended)
         self.running = kernels.exchange(self.variables, values)
 
@@ -317,9 +325,9 @@ class HostStore(Store):
         if keep and blended is not None:
             self.pending = blended
 
-    def adopt(self, count):
+    def adopt(self, divisor):
         kept, self.pending = self.pending, None
-        self.average = kept or self._blend(self.average, self.variables, count)
+        self.average = kept or self._blend(self.average, self.variables, divisor)
 
     def apply(self):
         kernels.exchange(self.variables, self._for_variables(self.average))
@@ -340,7 +348,7 @@ class SlotStore(Store):
     Holds `E`, the running values kept while something else is shown and
     the provisional average kept for `adopt` in slot variables beside the
     model's; each operation is one call of one graph over all of them, which
-    passes only the count (TensorFlow charges every tensor that crosses a
+    passes only the divisor, a tensor (TensorFlow charges every tensor that crosses a
     graph's boundary tens of microseconds, more than a small variable's
     arithmetic). Assigning one variable's value to another shares the buffer
     (TensorFlow copies on write), so keeping and putting back values costs
@@ -348,7 +356,8 @@ class SlotStore(Store):
     (`kernels.tf_blend`).
 
     The graphs are called through their concrete functions, traced at the
-    first call with each value of their Python arguments: a `tf.function`
+    first call with each value of their Python arguments (the divisor is a
+    tensor: one trace whatever the weight): a `tf.function`
     call would match its arguments against its traces, hashing every
     variable it captures, milliseconds for a store of hundreds.
     """
@@ -386,8 +395,9 @@ class SlotStore(Store):
             self._traced[key] = function.get_concrete_function(*args)
         return self._traced[key]
 
-    def _n(self, count):
-        return self._tf.constant(count, self._tf.int64)
+    def _w(self, divisor):
+        # float64: n + 1 exactly, cast to each average's dtype in the blend.
+        return self._tf.constant(divisor, self._tf.float64)
 
     # The graphs' bodies.
 
@@ -414,19 +424,19 @@ class SlotStore(Store):
     def _restart_graph(self):
         self._put(self._e, self._cast(self._get(self._own), self.dtypes))
 
-    def _update_graph(self, n):
+    def _update_graph(self, w):
         blend = kernels.tf_blend(tuple(self.dtypes))
-        self._put(self._e, blend(self._get(self._e), self._get(self._own), n))
+        self._put(self._e, blend(self._get(self._e), self._get(self._own), w))
 
     def _show_ensemble_graph(self):
         self._put(self._s, self._get(self._own))
         self._put(self._own, self._cast(self._get(self._e), self.var_dtypes))
 
-    def _show_provisional_graph(self, n):
+    def _show_provisional_graph(self, w):
         running = self._get(self._own)
         self._put(self._s, running)
         blend = kernels.tf_blend(tuple(self.var_dtypes))
-        self._put(self._own, blend(self._get(self._e), running, n))
+        self._put(self._own, blend(self._get(self._e), running, w))
 
     def _hide_graph(self, keep):
         if keep:  # what the variables show, where it is unrounded
@@ -436,7 +446,7 @@ class SlotStore(Store):
         self._put(self._own, self._get(self._s))
         self._empty(self._s)
 
-    def _adopt_graph(self, n, kept):
+    def _adopt_graph(self, w, kept):
         again = list(range(len(self._e)))
         if kept:
             for i in again:
@@ -448,7 +458,7 @@ class SlotStore(Store):
             blended = blend(
                 [self._e[i].read_value() for i in again],
                 [self._own[i].read_value() for i in again],
-                n,
+                w,
             )
             self._put([self._e[i] for i in again], blended)
         self._empty(self._p)
@@ -466,20 +476,20 @@ class SlotStore(Store):
         self._graph("_restart_graph")()
         self.average = self._e
 
-    def update(self, count):
+    def update(self, divisor):
         self.discard()
-        n = self._n(count)
-        self._graph("_update_graph", n)(n)
+        w = self._w(divisor)
+        self._graph("_update_graph", w)(w)
 
     def show_ensemble(self):
         self.discard()
         self._graph("_show_ensemble_graph")()
         self.running = self._s
 
-    def show_provisional(self, count):
+    def show_provisional(self, divisor):
         self.discard()
-        n = self._n(count)
-        self._graph("_show_provisional_graph", n)(n)
+        w = self._w(divisor)
+        self._graph("_show_provisional_graph", w)(w)
         self.running = self._s
 
     def hide(self, keep):
@@ -490,10 +500,10 @@ class SlotStore(Store):
                 p if u else None for p, u in zip(self._p, self.unrounded, strict=True)
             ]
 
-    def adopt(self, count):
+    def adopt(self, divisor):
         kept = self.pending is not None
-        n = self._n(count)
-        self._graph("_adopt_graph", n, kept)(n, kept)
+        w = self._w(divisor)
+        self._graph("_adopt_graph", w, kept)(w, kept)
         self.pending = None
 
     def discard(self):
@@ -549,6 +559,10 @@ class WeightAverage:
         store: The `Store` that holds the tensors.
         count: How many members the average holds (0: none).
 
+    The weight of each member is the policy, `divisor`'s alone: a subclass
+    that returns another averages otherwise (e.g. `1 / (1 - momentum)`, an
+    exponential moving average of the members).
+
     Example:
 
     ```python
@@ -586,6 +600,14 @@ class WeightAverage:
     @property
     def empty(self) -> bool:
         return self.count == 0
+
+    def divisor(self) -> float:
+        """The weight `w` of the next member, as the stores take it: `1 / w`.
+
+        `n + 1` for the equal-weight mean: the next member counts as much as
+        each of the `n` already averaged.
+        """
+        return float(self.count + 1)
 
     @property
     def showing(self) -> bool:
@@ -641,7 +663,7 @@ class WeightAverage:
         if self.empty:
             self.restart()
             return
-        self.store.update(self.count)
+        self.store.update(self.divisor())
         self._adoptable = False
         self.count += 1
 
@@ -670,7 +692,7 @@ class WeightAverage:
         """
         self._require_hidden()
         self._adoptable = False
-        self.store.show_provisional(self.count)
+        self.store.show_provisional(self.divisor())
         self._shown = "provisional"
         self._written()
 
@@ -739,7 +761,7 @@ class WeightAverage:
                 "No provisional average to commit: commit() follows "
                 "show_provisional() and hide(), before the average changes."
             )
-        self.store.adopt(self.count)
+        self.store.adopt(self.divisor())
         self._adoptable = False
         self.count += 1
 

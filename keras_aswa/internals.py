@@ -457,3 +457,44 @@ def set_monitor_direction(callback) -> None:
     """
     if getattr(callback, "monitor_op", None) is None:
         callback._set_monitor_op()
+
+
+# --- torch's fused list operations --------------------------------------------
+# (issue 31) torch's one-call-per-list kernels are private (`torch._foreach_*`)
+# yet what `torch.optim` and `torch.optim.swa_utils` themselves run; the
+# averaging kernels on torch (`keras_aswa.kernels.TORCH`) call them only here.
+
+
+def torch_lerp_all(starts: list, ends: list, weight: float, in_place=False):
+    """`start + weight (end - start)` of each pair of torch tensors, one call.
+
+    Stands in for: a public fused list lerp (`torch._foreach_lerp`, the
+    kernel `torch.optim.swa_utils` averages with).
+
+    Args:
+        starts: Tensors (the averages).
+        ends: Tensors of the same shapes and dtypes.
+        weight: A Python float.
+        in_place: Write the results into `starts` (and return them).
+
+    Returns:
+        The results, a list.
+    """
+    import torch
+
+    with torch.no_grad():
+        if in_place:
+            torch._foreach_lerp_(starts, ends, weight)
+            return starts
+        return list(torch._foreach_lerp(starts, ends, weight))
+
+
+def torch_copy_all(into: list, values: list) -> None:
+    """Copies each of `values` into the torch tensor of `into`, one call.
+
+    Stands in for: a public fused list copy (`torch._foreach_copy_`).
+    """
+    import torch
+
+    with torch.no_grad():
+        torch._foreach_copy_(into, values)

@@ -6,10 +6,12 @@ from Python. Each kernel here is one call over the whole list of variables,
 and one pass over their bytes or none, on the tensors' own device and layout
 (JAX keeps the sharding):
 
-- `blend`: the running-average step `E + (θ - E) / (n + 1)` of every
-  variable at once (one jitted function on JAX, `torch._foreach_lerp`, as
+- `blend`: the step `E <- E + w (θ - E)` of every variable at once, with a
+  weight `w` that the caller chooses (`keras_aswa.averaging.WeightAverage`
+  turns its policy into it: `1 / (n + 1)` for the equal-weight mean), in
+  one jitted function on JAX, torch's fused list lerp, as
   `torch.optim.swa_utils` does, on torch, one XLA-compiled function on
-  TensorFlow), `blend_over` the same written over the old average, and
+  TensorFlow; `blend_over` the same written over the old average, and
   `show`, the same rounded to the variables' dtypes;
 - `copy`, `copy_over`: copies in other dtypes (into buffers that nothing
   uses any more);
@@ -19,6 +21,12 @@ and one pass over their bytes or none, on the tensors' own device and layout
 
 `jax_kernels` and `TORCH` have the same five functions; TensorFlow's blend
 is `tf_blend`, called inside the graphs of `keras_aswa.averaging.SlotStore`.
+
+The weight travels as its reciprocal, the `divisor` `1 / w` (`n + 1` for the
+mean), and every blend but torch's divides by it (`blend_one`, the formula's
+one place; torch's lerp multiplies by `1 / divisor`, as it always did): a
+multiply by `w` rounded to float32 would round differently from the
+division in about one element of 60, and change a run's decisions.
 
 What still grows with the number of variables, measured on CPU
 (`python -m benchmarks.overhead --by-count`): inside TensorFlow's one call, a
@@ -110,21 +118,45 @@ def exchange(variables: list, values: list) -> list:
     return previous
 
 
+def blend_one(e, t, divisor):
+    """`E + w (θ - E)` for one variable, the weight `w` given as `1 / divisor`.
+
+    The blend's one formula, written with operators so that numpy arrays,
+    JAX arrays and TensorFlow tensors all take it (torch's kernels use its
+    fused lerp instead).
+
+    Args:
+        e: The average `E`, in the accumulation dtype.
+        t: The member `θ`, already in `e`'s dtype.
+        divisor: `1 / w`, a scalar of `e`'s dtype (or a Python number).
+
+    Returns:
+        The blend, of `e`'s dtype.
+
+    Example:
+
+    A third member, 4, on the mean 1 of two (`(1 + 1 + 4) / 3`):
+
+    >>> blend_one(np.float32(1), np.float32(4), np.float32(3))
+    np.float32(2.0)
+    """
+    return e + (t - e) / divisor
+
+
 # --- JAX ----------------------------------------------------------------------
 
 
-def _mean(e, t, n):
-    return e + (t.astype(e.dtype) - e) / (n + 1)
-
-
-def _blend_all(averages, thetas, n):
-    return [_mean(e, t, n) for e, t in zip(averages, thetas, strict=True)]
-
-
-def _show_all(averages, thetas, n, dtypes):
+def _blend_all(averages, thetas, divisor):
     return [
-        _mean(e, t, n).astype(d)
-        for e, t, d in zip(averages, thetas, dtypes, strict=True)
+        blend_one(e, t.astype(e.dtype), divisor)
+        for e, t in zip(averages, thetas, strict=True)
+    ]
+
+
+def _show_all(averages, thetas, divisor, dtypes):
+    return [
+        blend.astype(d)
+        for blend, d in zip(_blend_all(averages, thetas, divisor), dtypes, strict=True)
     ]
 
 
@@ -148,7 +180,8 @@ def jax_kernels(shardings: tuple | None) -> SimpleNamespace:
     """The JAX kernels for lists of arrays laid out as `shardings`.
 
     Cached per layout, so that a list of shapes compiles once per process.
-    `count` is traced, not static: one compilation per list of shapes.
+    `divisor` (a Python float) is traced, not static: one compilation per
+    list of shapes, whatever the weights.
 
     Args:
         shardings: The arrays' shardings, for arrays over several devices
@@ -156,9 +189,9 @@ def jax_kernels(shardings: tuple | None) -> SimpleNamespace:
             differently, P(None,) for P()); None on one device.
 
     Returns:
-        Jitted `blend(averages, thetas, n)`, `blend_over` (the same, the
-        averages donated: XLA may write the new ones over them),
-        `show(averages, thetas, n, dtypes)`, `copy(values, dtypes)` and
+        Jitted `blend(averages, thetas, divisor)`, `blend_over` (the same,
+        the averages donated: XLA may write the new ones over them),
+        `show(averages, thetas, divisor, dtypes)`, `copy(values, dtypes)` and
         `copy_over(into, values, dtypes)` (`into` donated), the dtypes as
         `jax_dtypes` returns them.
     """
@@ -203,21 +236,15 @@ def jax_dtypes(dtypes) -> tuple:
 # --- torch --------------------------------------------------------------------
 
 
-def _torch_blend(averages, thetas, count):
-    import torch
-
-    with torch.no_grad():
-        thetas = _torch_like(averages, thetas)
-        return list(torch._foreach_lerp(averages, thetas, 1.0 / (count + 1)))
+def _torch_blend(averages, thetas, divisor):
+    thetas = _torch_like(averages, thetas)
+    return internals.torch_lerp_all(averages, thetas, 1.0 / divisor)
 
 
-def _torch_blend_over(averages, thetas, count):
-    import torch
-
-    with torch.no_grad():
-        thetas = _torch_like(averages, thetas)
-        torch._foreach_lerp_(averages, thetas, 1.0 / (count + 1))
-        return averages
+def _torch_blend_over(averages, thetas, divisor):
+    thetas = _torch_like(averages, thetas)
+    internals.torch_lerp_all(averages, thetas, 1.0 / divisor, in_place=True)
+    return averages
 
 
 def _torch_like(averages, thetas):
@@ -227,15 +254,11 @@ def _torch_like(averages, thetas):
     ]
 
 
-def _torch_show(averages, thetas, count, dtypes):
-    import torch
-
-    with torch.no_grad():
-        thetas = _torch_like(averages, thetas)
-        blended = torch._foreach_lerp(averages, thetas, 1.0 / (count + 1))
-        return [
-            p if p.dtype == d else p.to(d) for p, d in zip(blended, dtypes, strict=True)
-        ]
+def _torch_show(averages, thetas, divisor, dtypes):
+    blended = _torch_blend(averages, thetas, divisor)
+    return [
+        p if p.dtype == d else p.to(d) for p, d in zip(blended, dtypes, strict=True)
+    ]
 
 
 def _torch_copy(values, dtypes):
@@ -246,11 +269,8 @@ def _torch_copy(values, dtypes):
 
 
 def _torch_copy_over(into, values, dtypes):
-    import torch
-
     del dtypes  # those of `into`
-    with torch.no_grad():
-        torch._foreach_copy_(into, values)
+    internals.torch_copy_all(into, values)
     return into
 
 
@@ -277,14 +297,15 @@ def tf_blend(dtypes: tuple):
     """The blend of a list, fused by XLA, its results cast to `dtypes`.
 
     Cached per dtypes, not per store, so that XLA compiles it once per list
-    of shapes in a process, not once per `fit`.
+    of shapes in a process, not once per `fit`. Takes `(averages, thetas,
+    divisor)`, the divisor a float64 scalar tensor (`1 / w`, see above).
     """
     import tensorflow as tf
 
     @tf.function(jit_compile=True, autograph=False)
-    def blend_all(averages, thetas, n):
+    def blend_all(averages, thetas, divisor):
         return [
-            tf.cast(e + (tf.cast(t, e.dtype) - e) / tf.cast(n + 1, e.dtype), d)
+            tf.cast(blend_one(e, tf.cast(t, e.dtype), tf.cast(divisor, e.dtype)), d)
             for e, t, d in zip(averages, thetas, dtypes, strict=True)
         ]
 

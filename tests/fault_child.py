@@ -192,7 +192,7 @@ def keras_aswa_file():
 def run_job(job):
     import keras
     import numpy as np
-    from scenarios import regression_data, regression_model
+    from scenarios import compiled_model, regression_data, regression_model
 
     from keras_aswa import ASWA, SWA
 
@@ -219,7 +219,7 @@ def run_job(job):
     optimizer = keras.optimizers.Adam(
         0.03, gradient_accumulation_steps=job.get("accumulation")
     )
-    model.compile(optimizer, "mse", jit_compile=jit)
+    compiled_model(model, optimizer, jit_compile=jit)
 
     update_freq = job.get("update_freq", "epoch")
     step_kw = {} if update_freq == "epoch" else {"update_freq": update_freq}

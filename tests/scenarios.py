@@ -80,10 +80,19 @@ def fit_regression(model, callbacks, seed: int = 0, epochs: int = EPOCHS, **fit_
     return model
 
 
-def aswa_run(callbacks, seed: int = 0, dtype=None, epochs: int = EPOCHS, **fit_kw):
-    """Trains the regression model with `callbacks`; returns the model."""
-    model = regression_model(seed, dtype=dtype)
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+def aswa_run(
+    callbacks,
+    seed: int = 0,
+    dtype=None,
+    epochs: int = EPOCHS,
+    optimizer=None,
+    model=None,
+    **fit_kw,
+):
+    """Trains `model` (by default the regression model of `seed`), compiled
+    with `optimizer` (see `compiled_model`), with `callbacks`; returns it."""
+    model = regression_model(seed, dtype=dtype) if model is None else model
+    compiled_model(model, optimizer)
     return fit_regression(model, callbacks, seed, epochs, **fit_kw)
 
 
@@ -150,16 +159,49 @@ def replay(snapshots, history, float_mask, mode="min", min_delta=0.0):
     return ensemble, provisionals
 
 
-def compiled_model(**compile_kw):
-    """The regression model, compiled with Adam and MSE."""
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse", **compile_kw)
+def compiled_model(model=None, optimizer=None, loss="mse", **compile_kw):
+    """`model` (by default the regression model) compiled: the tests' one
+    compile line.
+
+    Args:
+        model: The model to compile; None for `regression_model()`.
+        optimizer: None for `Adam(ADAM_LR)`.
+        loss: The loss (MSE by default).
+        **compile_kw: Passed on to `compile` (metrics, ...).
+
+    Returns:
+        The model.
+    """
+    model = regression_model() if model is None else model
+    optimizer = keras.optimizers.Adam(ADAM_LR) if optimizer is None else optimizer
+    model.compile(optimizer, loss, **compile_kw)
     return model
 
 
 def weights(model) -> list:
     """The model's weights as numpy arrays, in the order of `model.weights`."""
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+def held_paths(callback, model) -> list:
+    """The paths of the variables `callback`'s ensemble holds, seen from
+    outside: `ensemble_weights()` reports the running values of the others,
+    so those follow a change of the model's variables, and the held ones do
+    not. The model's variables are put back afterwards."""
+    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    try:
+        for v, value in zip(model.weights, saved, strict=True):
+            v.assign((value + 1).astype(value.dtype))
+        moved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+        ensemble = callback.ensemble_weights()
+    finally:
+        for v, value in zip(model.weights, saved, strict=True):
+            v.assign(value)
+    return [
+        v.path
+        for v, e, m in zip(model.weights, ensemble, moved, strict=True)
+        if not np.array_equal(np.asarray(e, m.dtype), m)
+    ]
 
 
 class Crash(keras.callbacks.Callback):

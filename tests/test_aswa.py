@@ -7,12 +7,13 @@ import keras
 import numpy as np
 import pytest
 from scenarios import (
-    ADAM_LR,
     BATCH_SIZE,
     EPOCHS,
     SnapshotRecorder,
     aswa_run,
+    compiled_model,
     fit_regression,
+    held_paths,
     numpy_mse,
     regression_data,
     regression_model,
@@ -89,7 +90,7 @@ def test_batchnorm_statistics_averaged_and_integers_untouched():
     recorder, aswa = SnapshotRecorder(), ASWA()
     (x, _), _ = regression_data()
     model = regression_model(extra_layers=[StepCounter()])
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     fit_regression(model, [recorder, aswa])
     assert aswa.ensemble_size >= 2, aswa.history
     float_mask = [keras.backend.is_float_dtype(v.dtype) for v in model.weights]
@@ -129,7 +130,7 @@ def test_aswa_does_not_disturb_training(shuffle, validation):
         model = regression_model(
             extra_layers=[keras.layers.Dropout(0.3, seed=3), StepCounter()]
         )
-        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+        compiled_model(model)
         fit_regression(model, callbacks, epochs=6, shuffle=shuffle)
         state = [keras.ops.convert_to_numpy(v) for v in model.weights]
         state += [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
@@ -161,8 +162,7 @@ def test_logs_reach_later_callbacks(tmp_path):
 def test_validation_split_and_start_from_epoch():
     aswa = ASWA(start_from_epoch=3)
     (x, y), _ = regression_data()
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     model.fit(
         x, y, validation_split=0.2, epochs=6, batch_size=32, verbose=0, callbacks=[aswa]
     )
@@ -197,8 +197,7 @@ def test_one_extra_evaluation_per_epoch_without_retracing():
             functions.append(self.model.test_function)
 
     (x, y), (xv, yv) = regression_data()
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     evaluate = model.evaluate
 
     def counting_evaluate(*args, **kwargs):
@@ -276,7 +275,7 @@ def test_non_finite_scores_never_initialise():
     aswa = ASWA()
     (x, y), (xv, yv) = regression_data()
     model = regression_model()
-    model.compile(keras.optimizers.SGD(1e3), "mse")  # diverges to NaN
+    compiled_model(model, keras.optimizers.SGD(1e3))  # diverges to NaN
     with pytest.warns(UserWarning, match="averaged no epoch"):
         model.fit(x, y, validation_data=(xv, yv), epochs=3, verbose=0, callbacks=[aswa])
     assert [h["decision"] for h in aswa.history] == ["skip"] * 3
@@ -361,11 +360,10 @@ def test_model_not_built_before_fit(make):
     # On TensorFlow such a model has no weights when training begins.
     keras.utils.set_random_seed(3)
     recorder, aswa = SnapshotRecorder(), ASWA()
-    model = make()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model(make())
     fit_regression(model, [recorder, aswa])
     assert "soft" in {h["decision"] for h in aswa.history}
-    assert len(aswa._average.variables) == 4
+    assert len(held_paths(aswa, model)) == len(model.weights) == 4
     float_mask = [True] * 4
     ensemble, _ = replay(recorder.snapshots, aswa.history, float_mask)
     for got, want in zip(model.get_weights(), ensemble, strict=True):

@@ -10,7 +10,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, regression_data, regression_model
+from scenarios import compiled_model, regression_data, regression_model
 
 from keras_aswa import ASWA, SWA, cadence
 
@@ -19,7 +19,7 @@ from keras_aswa import ASWA, SWA, cadence
 
 def fit(callbacks, epochs=2, verbose=0, batch_size=32, model=None):
     model = model or regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     model.fit(
         X,
         Y,
@@ -90,8 +90,7 @@ def test_auto_chooses_the_same_when_training_is_slower():
 def test_auto_checks_the_fits_last_batch():
     # 51 batches of 16: N = 51 // 24 = 2 does not divide them.
     aswa = ASWA(update_freq="auto", validation_data=(XV, YV))
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     n = 51 * 16
     model.fit(
         X[:n],

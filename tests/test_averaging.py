@@ -423,3 +423,65 @@ def test_warm_up_leaves_variables_bit_for_bit_and_the_average_empty(dtype, offlo
     avg.warm_up()
     assert avg.count == 3
     np.testing.assert_array_equal(avg.numpy()[0], kept[0])
+
+
+@pytest.mark.parametrize("offload", [None, "host"])
+def test_another_policy_is_a_few_lines_on_the_engine(offload):
+    # An exponential moving average of snapshots, w = 1 - momentum: the
+    # policy is the divisor (1 / w) alone; the stores and kernels are
+    # unchanged. A demonstration, not a shipped policy.
+    class SnapshotEMA(WeightAverage):
+        momentum = 0.75
+
+        def divisor(self):
+            return 1.0 / (1.0 - self.momentum)
+
+    def step(expected, values):
+        return [0.75 * e + 0.25 * t for e, t in zip(expected, values, strict=False)]
+
+    rng = np.random.default_rng(3)
+    vs = variables(rng)
+    ema = SnapshotEMA(vs, offload)
+    expected = None
+    for k in range(6):
+        values = [rng.normal(size=(3, 4)), rng.normal(size=(4,)), np.array([k, k])]
+        assign_all(vs, values)
+        if expected is None:
+            ema.restart()
+            expected = values[:2]
+        elif k % 2:
+            ema.update()
+            expected = step(expected, values)
+        else:  # shown, then adopted: the same weight
+            with ema.provisional():
+                shown = numpy_of(vs)
+            ema.commit()
+            expected = step(expected, values)
+            for got, want in zip(shown, expected, strict=False):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    got = ema.numpy()
+    for i in range(2):
+        np.testing.assert_allclose(got[i], expected[i], rtol=1e-5, atol=1e-6)
+    assert ema.count == 6
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's slot graphs"
+)
+def test_slot_graphs_trace_once_whatever_the_weight():
+    vs = variables(np.random.default_rng(1))
+    avg = WeightAverage(vs)
+    avg.restart()
+    for _ in range(3):
+        avg.update()
+        with avg.provisional():
+            pass
+        avg.commit()
+    # One concrete function per graph (and per `keep` / `kept` flag).
+    assert sorted(avg.store._traced) == [
+        ("_adopt_graph", True),
+        ("_hide_graph", True),
+        ("_restart_graph",),
+        ("_show_provisional_graph",),
+        ("_update_graph",),
+    ]

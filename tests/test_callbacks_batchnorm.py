@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from scenarios import compiled_model
 from sklearn.datasets import load_digits
 
 from keras_aswa import ASWA, SWA
@@ -40,12 +41,12 @@ def bn_model():
             for v in model.weights
         ]
     )
-    model.compile(
+    return compiled_model(
+        model,
         keras.optimizers.SGD(0.2, momentum=0.9),
         "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return model
 
 
 def numpy_batchnorm_statistics(kernel, bias, x):

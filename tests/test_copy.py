@@ -5,7 +5,13 @@ import copy
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, aswa_run, regression_data, regression_model
+from scenarios import (
+    ADAM_LR,
+    aswa_run,
+    compiled_model,
+    regression_data,
+    regression_model,
+)
 
 from keras_aswa import ASWA, SWA
 
@@ -71,7 +77,7 @@ def test_keras_tuner_search_with_a_dataset(tmp_path):
     def build(hp):
         model = regression_model()
         lr = hp.Choice("lr", [ADAM_LR, ADAM_LR / 3])
-        model.compile(keras.optimizers.Adam(lr), "mse")
+        compiled_model(model, keras.optimizers.Adam(lr))
         return model
 
     tuner = kt.RandomSearch(

@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from scenarios import held_paths
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -292,10 +293,10 @@ def test_smoke_leaves_frozen_weights_alone(smoke_run):
 
 def test_smoke_ensemble_holds_what_trains(smoke_run):
     model, aswa = smoke_run["model"], smoke_run["aswa"]
-    held = aswa._average.variables  # what the callback's WeightAverage holds
-    assert {v.path for v in held} == {v.path for v in model.trainable_weights}
-    ensemble = aswa._average.numpy()  # one float32 array per held variable
-    assert _nbytes(ensemble) == _nbytes(model.trainable_weights)
+    held = held_paths(aswa, model)
+    assert set(held) == {v.path for v in model.trainable_weights}
+    # One float32 array per held variable: what the ensemble holds.
+    assert aswa.ensemble_nbytes == _nbytes(model.trainable_weights)
 
 
 def test_smoke_from_preset(example, tmp_path, monkeypatch, capsys):

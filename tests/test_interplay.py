@@ -1,5 +1,6 @@
 """ASWA and SWA in the same fit as Keras' own callbacks and optimizer EMA."""
 
+import functools
 import warnings
 
 import keras
@@ -9,6 +10,8 @@ from scenarios import (
     ADAM_LR,
     Crash,
     SnapshotRecorder,
+    aswa_run,
+    compiled_model,
     fit_regression,
     regression_model,
     weights,
@@ -16,11 +19,8 @@ from scenarios import (
 
 from keras_aswa import ASWA, SWA
 
-
-def fit(callbacks, epochs=8, optimizer=None, model=None, **kw):
-    model = model or regression_model()
-    model.compile(optimizer or keras.optimizers.Adam(ADAM_LR), "mse")
-    return fit_regression(model, callbacks, epochs=epochs, **kw)
+# The shared run (tests/scenarios.py), 8 epochs unless told.
+fit = functools.partial(aswa_run, epochs=8)
 
 
 def assert_weights_equal(a, b, exact=False):
@@ -172,8 +172,7 @@ def test_interrupt_with_swap_on_epoch_gives_the_running_weights_back():
             if not hasattr(self, "seen"):
                 self.seen = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
 
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     with pytest.raises(KeyboardInterrupt):
         fit_regression(model, [recorder, aswa, Interrupt()], epochs=6)
     held = [keras.ops.convert_to_numpy(v) for v in model.weights]
@@ -189,8 +188,7 @@ def test_interrupt_with_swap_on_epoch_gives_the_running_weights_back():
 
 @pytest.mark.parametrize("later", [SWA, ASWA])
 def test_averaging_after_swap_on_epoch_is_refused(later):
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     with pytest.raises(ValueError, match="before it"):
         fit_regression(model, [ASWA(swap_on_epoch=True), later()], epochs=1)
     # The other order is fine: the earlier one reads the running weights.

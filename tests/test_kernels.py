@@ -22,13 +22,14 @@ def _kernels():
 
 
 def blend(averages, thetas, count, reuse=False):
+    """The mean's step: `count` members averaged, one more (divisor n + 1)."""
     k, _ = _kernels()
-    return (k.blend_over if reuse else k.blend)(averages, thetas, count)
+    return (k.blend_over if reuse else k.blend)(averages, thetas, float(count + 1))
 
 
 def show(averages, thetas, count, dtypes):
     k, to_backend = _kernels()
-    return k.show(averages, thetas, count, to_backend(dtypes))
+    return k.show(averages, thetas, float(count + 1), to_backend(dtypes))
 
 
 def cast(values, dtypes):
@@ -138,3 +139,17 @@ def test_read_is_detached():
     if keras.backend.backend() == "torch":
         assert not value.requires_grad
     np.testing.assert_array_equal(ops.convert_to_numpy(value), np.ones(3))
+
+
+def test_blend_one_divides_as_the_running_mean_always_did():
+    # The weight travels as its reciprocal: `e + (t - e) / (n + 1)` bit for
+    # bit, which a multiply by a rounded 1 / (n + 1) is not.
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        multiplied_differs = False
+        for n in range(1, 60):
+            e, t = (rng.standard_normal(2000).astype(dtype) for _ in range(2))
+            got = kernels.blend_one(e, t, dtype(n + 1))
+            np.testing.assert_array_equal(got, e + (t - e) / dtype(n + 1))
+            multiplied_differs |= bool(np.any(got != e + dtype(1 / (n + 1)) * (t - e)))
+        assert multiplied_differs

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 from scenarios import (
-    ADAM_LR,
     Crash,
+    compiled_model,
     fit_regression,
     regression_model,
 )
@@ -70,7 +70,7 @@ def test_a_resumed_lora_model_hands_back_what_aswa_scored(tmp_path):
     # at epoch 2 on Keras' merged backup.
     def run(state, keras_dir, crash):
         model = lora_model()
-        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+        compiled_model(model)
         aswa = ASWA(backup_dir=state)
         callbacks = [keras.callbacks.BackupAndRestore(keras_dir), aswa]
         fit_regression(model, callbacks + ([Crash(1)] if crash else []), epochs=5)
@@ -114,9 +114,10 @@ def test_keras_hub_lora_classifier_resumes_to_the_uninterrupted_run(tmp_path):
             backbone, num_classes=2, preprocessor=None
         )
         model.backbone.enable_lora(rank=2)
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-2),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        compiled_model(
+            model,
+            keras.optimizers.Adam(1e-2),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         aswa = ASWA(backup_dir=str(tmp_path / name / "aswa"))
         callbacks = [

@@ -179,9 +179,20 @@ if BACKEND == "jax":
             )
         return found[:4]
 
-    def _check_sharding(aswa, model, expected_specs):
+    def _engine(model):
+        """The averaging engine over the trained model's weights, as the
+        callbacks build it (engine level: its tensors are the unit here)."""
+        from keras_aswa.averaging import WeightAverage
+
+        average = WeightAverage(model.weights)
+        average.restart()
+        average.update()
+        return average
+
+    def _check_sharding(model, expected_specs):
         specs = {}
-        for v, avg in zip(model.weights, aswa._average.average, strict=True):
+        average = _engine(model)
+        for v, avg in zip(model.weights, average.average, strict=True):
             sharding = v.value.sharding
             specs[v.path] = tuple(sharding.spec)
             if avg is None:
@@ -191,7 +202,6 @@ if BACKEND == "jax":
             assert avg.sharding.is_equivalent_to(sharding, avg.ndim), v.path
         # The running weights kept while the provisional ensemble is scored,
         # and the provisional ensemble written in, keep their layout too.
-        average = aswa._average
         store = average.store  # what it holds beside the ensemble
         average.show_provisional()
         try:
@@ -203,7 +213,9 @@ if BACKEND == "jax":
         for v, kept in zip(store.variables, store.pending, strict=True):
             if kept is not None:
                 assert kept.sharding.spec == v.value.sharding.spec, v.path
-        average.discard()
+        average.commit()
+        for v, avg in zip(model.weights, average.average, strict=True):
+            assert avg.sharding.spec == v.value.sharding.spec, v.path
         for pattern, spec in expected_specs.items():
             hits = [s for path, s in specs.items() if pattern in path]
             assert hits and all(s == spec for s in hits), (pattern, specs)
@@ -214,7 +226,7 @@ if BACKEND == "jax":
         aswa, model = _jax_run(DataParallel(device_mesh=mesh))
         for v in model.weights:  # replicated over the four devices
             assert len(v.value.sharding.device_set) == 4
-        _check_sharding(aswa, model, {"kernel": (None, None)})
+        _check_sharding(model, {"kernel": (None, None)})
         _assert_same_run(_report(aswa, model), jax_single)
 
     def test_jax_model_parallel(devices, jax_single):
@@ -225,12 +237,11 @@ if BACKEND == "jax":
         distribution = ModelParallel(layout_map=layout_map, batch_dim_name="batch")
         aswa, model = _jax_run(distribution)
         _check_sharding(
-            aswa,
             model,
             {"kernel": ("model", None), "moving_mean": ("model",), "gamma": ("model",)},
         )
         # Each device holds half of a sharded kernel, in the ensemble too.
-        pairs = zip(model.weights, aswa._average.average, strict=True)
+        pairs = zip(model.weights, _engine(model).average, strict=True)
         kernel = next(a for v, a in pairs if "kernel" in v.path)
         shard_rows = {s.data.shape[0] for s in kernel.addressable_shards}
         assert shard_rows == {kernel.shape[0] // 2}
@@ -261,21 +272,31 @@ def _tf_model():
 def _tf_run(strategy=None) -> tuple[dict, keras.Model]:
     import contextlib
 
-    from scenarios import ADAM_LR, fit_regression
+    from scenarios import compiled_model, fit_regression
 
     from keras_aswa import ASWA
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = _tf_model()
-        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
-    aswa = ASWA()
-    fit_regression(model, [aswa], epochs=EPOCHS)
+        compiled_model(model)
+    aswa, engine = ASWA(), EngineProbe()
+    fit_regression(model, [aswa, engine], epochs=EPOCHS)
     report = _report(aswa, model)
-    report["ensemble_devices"] = sorted(
-        {a.device for a in aswa._average.average if a is not None}
-    )
+    report["ensemble_devices"] = engine.devices
     return report, model
+
+
+class EngineProbe(keras.callbacks.Callback):
+    """Builds the averaging engine where the callbacks build theirs (at the
+    start of `fit`, in its context) and records its tensors' devices."""
+
+    def on_train_begin(self, logs=None):
+        from keras_aswa.averaging import WeightAverage
+
+        average = WeightAverage(self.model.weights)
+        average.restart()
+        self.devices = sorted({a.device for a in average.average if a is not None})
 
 
 if BACKEND == "tensorflow":

@@ -16,11 +16,13 @@ from keras import ops
 from scenarios import (
     ADAM_LR,
     SnapshotRecorder,
+    compiled_model,
     fit_regression,
     regression_model,
 )
 
 from keras_aswa import ASWA, SWA
+from keras_aswa.averaging import WeightAverage
 
 POLICIES = ["bfloat16", "float16", "mixed_bfloat16", "mixed_float16"]
 EPOCHS = 6
@@ -50,7 +52,7 @@ def _compiled_model(policy):
     if policy.name == "float16":
         # Keras wraps the optimizer itself only under "mixed_float16".
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer, "mse")
+    compiled_model(model, optimizer)
     if policy.name in ("float16", "mixed_float16"):
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     return model
@@ -76,10 +78,9 @@ def _rounded(values, dtype):
 
 def _check_float32_average(callback, model, snapshots, policy):
     variable_dtype = policy.variable_dtype
-    # The ensemble tensors accumulate in float32, whatever the variables hold.
-    for v, avg in zip(model.weights, callback._average.average, strict=True):
+    # The ensemble accumulates in float32, whatever the variables hold.
+    for v in model.weights:
         assert keras.backend.standardize_dtype(v.dtype) == variable_dtype, v.path
-        assert keras.backend.standardize_dtype(avg.dtype) == "float32", v.path
     reference = _float32_mean(snapshots)
     ensemble = callback.ensemble_weights()
     for got, want in zip(ensemble, reference, strict=True):
@@ -96,26 +97,17 @@ def _check_float32_average(callback, model, snapshots, policy):
 
 def test_aswa_averages_in_float32_and_rounds_once(policy):
     model = _compiled_model(policy)
-    saved_dtypes = set()
     counter = iter(range(1000))
 
     def rising(m):
         # A score that always improves: every provisional ensemble wins (a
         # soft update each epoch), so the ensemble averages every snapshot.
-        kept = aswa._average.store.running
-        if kept:  # scoring the provisional ensemble: the running weights wait
-            saved_dtypes.update(
-                keras.backend.standardize_dtype(t.dtype) for t in kept if t is not None
-            )
         return next(counter)
 
     aswa = ASWA(monitor="val_rising", mode="max", score_fn=rising)
     recorder = SnapshotRecorder()
     fit_regression(model, [recorder, aswa], epochs=EPOCHS)
     assert [h["decision"] for h in aswa.history] == ["init"] + ["soft"] * (EPOCHS - 1)
-    # The running weights kept while the provisional ensemble is scored: one
-    # copy in the variables' own dtype.
-    assert saved_dtypes == {policy.variable_dtype}
     snapshots = [recorder.snapshots[e] for e in range(EPOCHS)]
     _check_float32_average(aswa, model, snapshots, policy)
 
@@ -130,8 +122,7 @@ def test_swa_averages_in_float32_and_rounds_once(policy):
 
 
 def test_keras_wraps_the_optimizer_for_mixed_float16_only(policy):
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     wrapped = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert wrapped == (policy.name == "mixed_float16")
 
@@ -148,7 +139,7 @@ def test_swa_of_500_bfloat16_snapshots_is_the_float32_mean_rounded_once():
     model = keras.Sequential(
         [keras.Input((1,)), keras.layers.Dense(width, dtype="bfloat16")]
     )
-    model.compile(keras.optimizers.SGD(32.0), "mse")
+    compiled_model(model, keras.optimizers.SGD(32.0))
     swa, recorder = SWA(), SnapshotRecorder()
     model.fit(
         x,
@@ -180,3 +171,18 @@ def test_swa_of_500_bfloat16_snapshots_is_the_float32_mean_rounded_once():
         naive = (naive + (bias[k].astype(bf16) - naive) / bf16(k + 1)).astype(bf16)
     naive_error = np.abs(naive.astype(np.float32) - reference).max()
     assert naive_error > 10 * ours and naive_error > 2.0**-6
+
+
+@pytest.mark.parametrize("offload", [None, "host"])
+def test_running_weights_wait_in_their_own_dtype(policy, offload):
+    # Engine level: while a provisional average is shown (scored), the
+    # running weights are kept once, in the variables' own dtype.
+    model = regression_model()
+    average = WeightAverage(model.weights, offload)
+    average.restart()
+    average.show_provisional()
+    try:
+        kept = {keras.backend.standardize_dtype(t.dtype) for t in average.store.running}
+    finally:
+        average.hide()
+    assert kept == {policy.variable_dtype}

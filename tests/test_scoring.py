@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from scenarios import aswa_run, regression_data
+from scenarios import aswa_run, compiled_model, regression_data
 
 from keras_aswa import ASWA
 from keras_aswa.scoring import as_score
@@ -122,7 +122,7 @@ def test_validation_steps_score_the_first_batches(inputs, steps):
         out = keras.layers.Dense(1)(keras.layers.Concatenate()([ia, ib]))
         model = keras.Model([ia, ib], out)
         x = [a, b] if inputs == "list" else {"a": a, "b": b}
-    model.compile("sgd", "mse")
+    compiled_model(model, "sgd")
     scorer = DataValidation("val_loss", (x, y, w), batch_size=16, steps=steps)
     with pytest.warns(UserWarning) if steps == 40 else _no_warning():
         scorer.on_train_begin(model)
@@ -173,7 +173,7 @@ def test_arrays_are_evaluated_in_batches_as_large_as_fits(fit_batch_size, batche
     y = rng.normal(size=(200, 1)).astype("float32")
     w = rng.uniform(size=200).astype("float32")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse", metrics=[BatchCount()])
+    compiled_model(model, "sgd", metrics=[BatchCount()])
     expected = model.evaluate(x[:80], y[:80], sample_weight=w[:80], verbose=0)[0]
     for monitor, value in (("val_loss", expected), ("val_batch_count", batches)):
         scorer = DataValidation(monitor, (x, y, w), batch_size=16, steps=5)

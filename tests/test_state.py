@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from scenarios import (
-    ADAM_LR,
     Crash,
     compiled_model,
     fit_regression,
@@ -54,7 +53,7 @@ def latest_file(state):
 def run(tmp_path, callback, crash_at=None, model=None):
     """The same command each time: fresh model, BackupAndRestore, callback."""
     model = model or regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
     if crash_at is not None:
         callbacks.append(Crash(crash_at, batch=3))
@@ -90,26 +89,19 @@ def test_resume_picks_the_generation_matching_keras_backup(tmp_path):
     whole = ASWA(backup_dir=str(tmp_path / "a"))
     expected = weights(run(tmp_path / "whole", whole))
 
-    class CrashAfterAswaSaves(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 5:
-                raise RuntimeError("preempted")
-
     state = str(tmp_path / "b")
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     keras_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "k"))
     with pytest.raises(RuntimeError):
         fit_regression(
             model,
-            [ASWA(backup_dir=state), CrashAfterAswaSaves(), keras_backup],
+            [ASWA(backup_dir=state), Crash(5), keras_backup],
             epochs=EPOCHS,
         )
     epochs = [meta["epoch"] for _, meta in load_states(state)]
     assert epochs == [5, 4]
     resumed = ASWA(backup_dir=state)
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     fit_regression(
         model,
         [keras.callbacks.BackupAndRestore(str(tmp_path / "k")), resumed],
@@ -157,8 +149,7 @@ def test_state_of_another_callback_is_an_error(tmp_path):
 def test_stale_state_with_a_fresh_start_is_an_error(tmp_path):
     state = crashed_state(tmp_path)
     (x, y), (xv, yv) = regression_data()
-    model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    model = compiled_model()
     with pytest.raises(StateFileError, match="fit starts at epoch 0"):
         model.fit(
             x,

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 from scenarios import (
-    ADAM_LR,
     BATCH_SIZE,
     compiled_model,
     fit_regression,
@@ -72,7 +71,7 @@ def test_steps_per_execution_checks_at_the_first_callback_past_each_n(execution)
     recorder = StepRecorder(1)
     aswa = ASWA(update_freq=N, validation_data=(xv, yv))
     model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse", steps_per_execution=execution)
+    compiled_model(model, steps_per_execution=execution)
     fit_regression(model, [recorder, aswa], epochs=2)
     ends = [min(b, 8) for b in range(execution, 8 + execution, execution)]
     called = [epoch * 8 + end for epoch in range(2) for end in ends]

@@ -67,29 +67,10 @@ def test_restore_best_is_the_flag_of_both_callbacks():
     assert vars(ASWA(restore_best=False))["restore_best"] is False
 
 
-@pytest.mark.parametrize("value", [True, False])
-def test_restore_is_a_deprecated_alias_of_restore_best(value):
-    deprecated = "`restore` is deprecated, use `restore_best`"
-    with pytest.warns(DeprecationWarning, match=deprecated):
-        swa = SWA(restore=value)
-    assert swa.restore_best is value
-    with pytest.warns(DeprecationWarning, match="use `restore_best`"):
-        assert swa.restore is value
-    with pytest.warns(DeprecationWarning, match="use `restore_best`"):
-        swa.restore = not value
-    assert swa.restore_best is (not value)
-
-
-@pytest.mark.parametrize(
-    "args, kwargs",
-    [
-        ((), {"restore_best": False, "restore": False}),
-        ((0, 1, True), {"restore": False}),
-    ],
-)
-def test_restore_and_restore_best_together_are_refused(args, kwargs):
-    with pytest.raises(ValueError, match="pass restore_best= only"):
-        SWA(*args, **kwargs)
+def test_restore_is_not_an_argument_nor_an_attribute():
+    with pytest.raises(TypeError, match="restore"):
+        SWA(restore=False)
+    assert not hasattr(SWA(), "restore")
 
 
 def test_restore_best_needs_no_warning():

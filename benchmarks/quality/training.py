@@ -406,24 +406,24 @@ class TimedASWA(ASWA):
 
 
 class _Forgetting:
-    """A `Store` whose new member weighs at least `1 / horizon`: the count
-    it is given is capped at `horizon - 1` (`E + (θ - E) / min(n + 1, H)`).
-    The "auto-recent" variant, built on the public averaging layer."""
+    """A `Store` whose new member weighs at least `1 / horizon`: the divisor
+    (`1 / w`) it is given is capped at `horizon` (`E + (θ - E) / min(n + 1,
+    H)`). The "auto-recent" variant, built on the public averaging layer."""
 
     def __init__(self, store, horizon: int):
-        self._store, self._cap = store, horizon - 1
+        self._store, self._cap = store, float(horizon)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def update(self, count):
-        self._store.update(min(count, self._cap))
+    def update(self, divisor):
+        self._store.update(min(divisor, self._cap))
 
-    def show_provisional(self, count):
-        self._store.show_provisional(min(count, self._cap))
+    def show_provisional(self, divisor):
+        self._store.show_provisional(min(divisor, self._cap))
 
-    def adopt(self, count):
-        self._store.adopt(min(count, self._cap))
+    def adopt(self, divisor):
+        self._store.adopt(min(divisor, self._cap))
 
 
 class RecentASWA(TimedASWA):

@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-import warnings
 
 from keras_aswa import internals
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
-
-RESTORE_DEPRECATED = "`restore` is deprecated, use `restore_best` instead."
-
-
-def _accepts_restore(init):
-    """Lets `__init__` take `restore=`, the deprecated name of `restore_best`.
-
-    Kept for one release: `restore=` warns and sets `restore_best`; passing
-    both is an error.
-    """
-    position = list(inspect.signature(init).parameters).index("restore_best") - 1
-
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        if "restore" in kwargs:
-            if "restore_best" in kwargs or len(args) > position:
-                raise ValueError(
-                    "restore= is the deprecated name of restore_best=: pass "
-                    "restore_best= only."
-                )
-            warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
-            kwargs["restore_best"] = kwargs.pop("restore")
-        init(self, *args, **kwargs)
-
-    return wrapper
 
 
 class SWA(AveragingCallback):
@@ -64,8 +36,7 @@ class SWA(AveragingCallback):
             epochs starts at epoch 75).
         frequency: Average every `frequency`-th epoch from the first.
         restore_best: Whether the model receives the average when training
-            ends. `restore=`, its former name, is still accepted for one
-            release, with a `DeprecationWarning`.
+            ends.
         update_freq: `"epoch"` (the default) averages at epoch ends; an int
             `N` averages every `N` of `fit`'s training batches (counted
             across epochs and resumes, as `ModelCheckpoint(save_freq=N)`
@@ -107,7 +78,7 @@ class SWA(AveragingCallback):
 
     Raises:
         ValueError: On a negative or out-of-range `start_from_epoch`, a
-            `frequency` below 1, or both `restore_best` and `restore` passed.
+            `frequency` below 1.
 
     Example:
 
@@ -117,7 +88,6 @@ class SWA(AveragingCallback):
     ```
     """
 
-    @_accepts_restore
     def __init__(
         self,
         start_from_epoch: int | float = 0,
@@ -166,17 +136,6 @@ class SWA(AveragingCallback):
         self.frequency = frequency
 
     __deepcopy__ = arguments.deepcopy_sharing_data
-
-    @property
-    def restore(self) -> bool:
-        """Deprecated: read `restore_best` instead."""
-        warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
-        return self.restore_best
-
-    @restore.setter
-    def restore(self, value: bool) -> None:
-        warnings.warn(RESTORE_DEPRECATED, DeprecationWarning, stacklevel=2)
-        self.restore_best = value
 
     def _reset_fit(self):
         super()._reset_fit()

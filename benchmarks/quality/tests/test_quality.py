@@ -209,7 +209,7 @@ def test_read_off_equals_real_single_method_runs(smoke):
     """The methods read off one run are those of real runs of each alone.
 
     SWA's average from the shared run (EMA on, ASWA and the recorders
-    beside it) must equal a run with only `SWA(restore=True)` and no EMA,
+    beside it) must equal a run with only `SWA(restore_best=True)` and no EMA,
     on both scoring paths: fit's validation (digits) and score_fn (UMLS);
     and step-level ASWA's (evaluating mid-epoch) a run with it alone.
     """
