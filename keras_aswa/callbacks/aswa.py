@@ -27,156 +27,91 @@ class ASWA(AveragingCallback):
     """Adaptive Stochastic Weight Averaging (Demir, Sharma, Ngonga Ngomo 2024).
 
     Keeps a running average of the model's weights (the ensemble) that grows
-    only when that improves the validation score. At the end of each epoch,
-    with `θ` the running model's weights, `E` the ensemble of `n` snapshots
-    and `s` its score:
+    only when that improves the validation score. At each epoch end (or every
+    `update_freq` training batches), with `θ` the running weights, `E` the
+    ensemble of `n` snapshots and `s` its score, the provisional ensemble
+    `E + (θ - E) / (n + 1)` is scored (`p`), and the running model's score
+    is `r`:
 
-    - the provisional ensemble `E + (θ - E) / (n + 1)` is scored (`p`),
-    - **hard** update: if the running model's score `r` beats both `p` and
-      `s`, the ensemble restarts from `θ` (`n = 1`, `s = r`);
-    - **soft** update: else, if `p` beats `s`, the provisional ensemble is
-      accepted (`n = n + 1`, `s = p`);
-    - **reject**: else the ensemble stays as it is.
+    - **hard**: `r` beats `p` and `s`: `E ← θ`, `n = 1`, `s = r`;
+    - **soft**: else `p` beats `s`: `E` becomes the provisional ensemble,
+      `n = n + 1`, `s = p`;
+    - **reject**: else nothing changes.
 
-    The running model trains on untouched; at the end of training the model
-    receives the ensemble (`restore_best=True`). "Beats" follows
-    `keras.callbacks.EarlyStopping`: strictly better by more than
-    `min_delta`; NaN and infinite scores never win.
-
-    The same steps can run every `update_freq` training batches instead of
-    every epoch, for runs of one to a few epochs (fine-tuning), scored on
-    `validation_data` given to the callback.
-
-    Cost: one extra evaluation per epoch (of the provisional ensemble) when
-    the running model's score comes from `fit`'s validation (two with the
-    callback's own `validation_data`, or at step level); the weight
-    bookkeeping is one fused call over all averaged weights per step, on
-    their own device (`keras_aswa.kernels`), and holds at most two extra
-    copies of the averaged weights.
+    "Beats" is `keras.callbacks.EarlyStopping`'s rule: strictly better by
+    more than `min_delta`; NaN and infinite scores never win. The running
+    model trains on untouched; when training ends the model receives the
+    ensemble (`restore_best=True`). The docs' "How ASWA decides" has the
+    whole contract; "Fine-tuning a pretrained model" the step level.
 
     Args:
         monitor: Quantity to compare, as named in the epoch logs (e.g.
-            `"val_loss"`, `"val_accuracy"`). With `score_fn`, the name under
-            which its score is logged.
+            `"val_loss"`, `"val_accuracy"`); with `score_fn`, the name its
+            score is logged under.
         mode: `"auto"`, `"min"` or `"max"`. Under `"auto"`, a monitor ending
             in `loss` is minimised and a compiled metric follows its own
-            direction (accuracy is maximised).
+            direction.
         min_delta: Minimum change that counts as an improvement.
         start_from_epoch: First epoch (0-based, as Keras numbers them) that
-            is scored; earlier epochs are neither scored nor averaged.
+            is scored.
         validation_data: Data to score on instead of `fit`'s validation
-            data: arrays as an `(x, y)` or `(x, y, sample_weight)` tuple, a
-            `tf.data.Dataset`, a `keras.utils.PyDataset`, or a torch
-            `DataLoader` on the torch backend. The running model is then
-            evaluated on it too (two evaluations per decision). Required
-            with an int `update_freq` (unless `score_fn` is given).
-        validation_steps: With `validation_data`, how many of its batches
-            each evaluation uses (None: all), so that a check costs a
-            fraction of an epoch. Arrays are batched by 32 for it, as
-            `evaluate` does by default; their samples are then evaluated in
-            batches of `fit`'s `batch_size` where that is larger (the same
-            score, in fewer calls).
-        score_fn: `score_fn(model) -> float` scoring whatever weights the
-            model holds, for metrics Keras cannot express (e.g. filtered MRR
-            for link prediction). It scores the running and the provisional
-            model. Use `mode` to say which direction is better.
+            data: `(x, y)` or `(x, y, sample_weight)` arrays, a
+            `tf.data.Dataset`, a `keras.utils.PyDataset` or a torch
+            `DataLoader`. The running model is then scored on it too.
+            Required at step level (unless `score_fn` is given).
+        validation_steps: How many batches of `validation_data` each check
+            scores (None: all; arrays in batches of 32, as `evaluate`).
+        score_fn: `score_fn(model) -> float`, scoring whatever weights the
+            model holds, for metrics Keras cannot express (e.g. filtered
+            MRR); give `mode`.
         restore_best: Whether the model receives the ensemble when training
             ends, however it stopped.
-        update_freq: `"epoch"` (the default) decides at every epoch end;
-            an int `N` decides every `N` of `fit`'s training batches,
-            counted across epochs and resumes as `ModelCheckpoint(save_freq=N)`
-            counts them (gradient accumulation and skipped loss-scale steps
-            do not shift the checks), on the callback's `validation_data` or
-            `score_fn`. With `steps_per_execution` above 1, Keras calls back
-            once per execution, and a check falls at the first call at or
-            past each multiple of `N` (2 and `N=3`: after batches 4, 6, 10,
-            12, 16 of two 8-batch epochs). `"auto"` (recommended for runs
-            of a few epochs) chooses `N`, and `validation_steps` `K` where
-            it is None, from the fit's counts (`keras_aswa.cadence`: the same
-            on any machine): every validation batch up to 32, at least 24
-            checks over the fit and two an epoch (K then down to 8 where the
-            budget is short), checks within `check_budget` beyond that
-            floor, and a check on the fit's last batch. A check scores the
-            running and the provisional weights in one compiled call of the
-            model's `test_step` per batch, without `evaluate` and without
-            changing `fit`'s metrics (docs: "Fine-tuning a pretrained
-            model").
-        check_budget: With `update_freq="auto"`, the share of the
-            training's forward passes the checks may take (0.1: a tenth),
-            beyond the floor of checks; the warm-up before training (one
-            compile of a check and of the averaging) comes on top.
-        variables: Which variables the ensemble holds. None (the default):
-            what training changes, i.e. the trainable variables and the
-            non-trainable float variables of trainable layers (BatchNorm
-            statistics), not frozen layers nor LoRA's frozen base weights,
-            which the model keeps as they are. `"all"`: every float variable.
-            Or a list of the model's variables.
+        update_freq: `"epoch"` (the default), an int `N` (a check every `N`
+            of `fit`'s training batches, counted across epochs and resumes
+            as `ModelCheckpoint(save_freq=N)` counts them), or `"auto"`
+            (recommended for runs of a few epochs): `N` and `K`
+            (`validation_steps`) from the fit's counts by
+            `keras_aswa.cadence`, at least 24 checks a fit and two an
+            epoch, a check on the fit's last batch.
+        check_budget: With `"auto"`, the share of the training's forward
+            passes the checks may take beyond that floor (0.1: a tenth).
+        variables: What the ensemble holds. None: what training changes
+            (trainable variables, BatchNorm statistics of trainable layers;
+            not frozen layers nor LoRA's base kernels); `"all"`: every float
+            variable; or a list of the model's variables.
         swap_on_epoch: Whether the model holds the ensemble between epochs,
-            so that callbacks placed after this one see it (e.g.
-            `ModelCheckpoint` saves the ensemble); the running weights are
-            swapped back in before the next epoch trains. Costs one more copy
-            of the averaged weights.
+            for callbacks placed after this one (e.g. `ModelCheckpoint`).
         batchnorm: `"average"` (the default) averages BatchNormalization
-            moving statistics like every other weight. `"recompute"`
-            recomputes them (`keras_aswa.update_batchnorm`) for the
-            provisional ensemble before it is scored and for the final
-            ensemble, as the paper's image experiments did: one pass over
-            `batchnorm_data` per epoch, in training mode, on top of the
-            evaluation. An ensemble restarted by a hard update keeps the
-            running model's score, measured with the running statistics.
-        batchnorm_data: The data `"recompute"` passes over: what `fit` takes
-            as `x` (arrays are batched with `fit`'s batch size), e.g. the
-            training inputs or a subset of them.
-        backup_dir: A folder where the averaging state (ensemble, size,
-            score, history, epoch) is written atomically after every epoch
-            (every check at step level), and read back when `fit` resumes,
-            e.g. with `keras.callbacks.BackupAndRestore` after a crash, in
-            either order, wherever the kill fell (the first epoch, between
-            the two callbacks' writes, after the last epoch): the state that
-            belongs to what Keras restored comes back, and the resumed run
-            ends with the same ensemble as an uninterrupted one, as long as
-            the running model resumes on the same trajectory (Keras does not
-            restore the order in which `shuffle=True` draws batches, and
-            `BackupAndRestore(save_freq=N)` trains the restored epoch again
-            from its first batch). LoRA bases, which Keras saves merged with
-            their adapters, are kept there and put back. Locked for the
-            whole `fit`; removed when training finishes. A file that is
-            truncated, belongs to another model or was written with other
-            arguments stops `fit` with an error naming it.
-        offload: None (the default) keeps the ensemble beside the weights,
-            on their device and with their sharding: one float32 copy of the
-            float weights in device memory. `"host"` keeps it in host memory
-            as numpy arrays instead, for models that fill the accelerator, at
-            the price of a device-to-host copy of the weights at each update
-            and a host-to-device copy at each write.
-        verbose: 0 for silence, 1 for one line per decision: the epoch
-            (0-based, as in `history`), the decision and why, the scores
-            and the ensemble size, after a legend line.
+            statistics; `"recompute"` recomputes them over `batchnorm_data`
+            for each averaged model (`keras_aswa.update_batchnorm`).
+        batchnorm_data: What `"recompute"` passes over, as `fit`'s `x`.
+        backup_dir: A folder every process can see where the averaging
+            state is written after each decision and read back when `fit`
+            resumes (with `keras.callbacks.BackupAndRestore`, in either
+            order); see the docs' "Resuming a killed run".
+        offload: None keeps the ensemble on the weights' devices; `"host"`
+            keeps it in host memory.
+        verbose: 0 for silence; 1 for the `"auto"` choice, one line per
+            decision and a summary at the end of `fit`.
 
     Attributes:
-        history: One dict per scored or skipped epoch (or check) with keys
-            `"epoch"`, `"running"`, `"provisional"`, `"decision"`,
-            `"ensemble_size"` and `"ensemble_score"`, and `"step"` (`fit`'s
-            training batches so far) at step level.
+        history: One dict per scored or skipped epoch (or check): `"epoch"`,
+            `"running"`, `"provisional"`, `"decision"`, `"ensemble_size"`,
+            `"ensemble_score"`, and `"step"` at step level.
         ensemble_size: How many snapshots the ensemble averages.
-        best_score: The ensemble's validation score (None before the first
-            scored epoch).
-        update_every: The training batches between two checks (the `N` that
-            `update_freq="auto"` chose; None at epoch level, or before it
-            chose).
-        cadence: What `update_freq="auto"` chose for this fit (a
-            `keras_aswa.cadence.Cadence`: `every`, `validation_steps`,
-            `checks`, `share`), None otherwise.
-        timing: Empty until `fit` ends; then seconds: `"fit"` (the whole
-            fit), `"checks"` (the decisions, evaluations included) and
-            `"warm_up"` (compiling a check and the averaging before
-            training, at step level: `"warm_up_check"` plus
+        best_score: The ensemble's score (None before the first decision).
+        update_every: `N` at step level (None at epoch level).
+        cadence: What `update_freq="auto"` chose (a
+            `keras_aswa.cadence.Cadence`), None otherwise.
+        timing: Empty until `fit` ends; then seconds: `"fit"`, `"checks"`
+            and `"warm_up"` (a check and the averaging compiled before
+            training at step level: `"warm_up_check"` plus
             `"warm_up_averaging"`).
 
     Raises:
-        ValueError: On an unknown `mode`, a negative `start_from_epoch`, an
-            int `update_freq` without `validation_data` or `score_fn`, or
-            when training starts without any validation to score on.
+        ValueError: On an unknown `mode`, a negative `start_from_epoch`, a
+            step-level `update_freq` without `validation_data` or
+            `score_fn`, or when training starts without any validation.
 
     Example:
 
