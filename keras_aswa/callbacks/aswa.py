@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_aswa import internals
+from keras_aswa import internals, resume
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
 from keras_aswa.decision import decide, resolve_mode
@@ -297,6 +297,7 @@ class ASWA(AveragingCallback):
         self._evaluation_cost: tuple[float, float] | None = None
         self._stamps: list[float] = []  # batch ends, until "auto" chooses N
         self._chosen: dict = {}
+        self._resumed_steps = None  # the K of the state resumed from
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -545,16 +546,38 @@ class ASWA(AveragingCallback):
             "mode": self.mode,
             "min_delta": self.min_delta,
             "start_from_epoch": self.start_from_epoch,
+            **self._identity(),
         }
 
+    def _identity(self) -> dict:
+        """What else decides this run's scores: the data scored on and how
+        much of it, and (with "auto") the budget N and K are chosen from."""
+        if self.validation_data is not None:
+            data = resume.fingerprint(self.validation_data)
+        else:
+            found = internals.fit_validation(self._fit) or {}
+            data = resume.fingerprint([found.get("x"), found.get("y")])
+            if found.get("steps") is not None:
+                data.append(found["steps"])
+        identity = {
+            "validation": data,
+            "validation_steps": self.validation_steps,
+            "score_fn": resume.describe_function(self.score_fn),
+        }
+        if self.update_freq == "auto":
+            identity["check_budget"] = self.check_budget
+        return identity
+
     def _state_meta(self):
-        steps = self._chosen.get("validation_steps")
+        # K: chosen in this fit, or in the run it resumed (kept across resumes).
+        steps = self._chosen.get("validation_steps") or self._resumed_steps
         return {"best_score": self.best_score, "validation_steps": steps}
 
     def _load_state(self, meta):
         self.best_score = meta["best_score"]
         if meta.get("validation_steps") is not None:
             # The K that "auto" chose in the run that wrote the state.
+            self._resumed_steps = meta["validation_steps"]
             self._scorer.limit(meta["validation_steps"])
 
     def _extra_timing(self):
