@@ -23,6 +23,8 @@ it (see `keras_aswa.distribute`).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import uuid
 import warnings
@@ -30,7 +32,7 @@ import warnings
 import numpy as np
 from keras import ops
 
-from keras_aswa import internals, kernels, lora
+from keras_aswa import distribute, internals, kernels, lora
 from keras_aswa.distribute import is_chief
 from keras_aswa.state import EMPTY, StateFileError, StateStore, retain
 
@@ -71,6 +73,7 @@ class Resume:
         self.config = _plain(callback._config())
         if self.chief:
             self.store.lock()
+        self._check_same_folder()
         self.store.load(tidy=self.chief)
         for _, meta in self.store.generations:
             self._check_config(meta)
@@ -101,6 +104,26 @@ class Resume:
             # The run finished and was killed while it tidied up: nothing to
             # train (pick hands back what it ended with).
             internals.skip_epochs(model, callback.params.get("epochs"))
+
+    def _check_same_folder(self) -> None:
+        """With several processes: all must see the same state (one folder
+        every process sees), or all stop here, saying so; never hang later
+        in collectives that part ways."""
+        listing = sorted(
+            (name, os.path.getsize(self.store.path(name)))
+            for name in os.listdir(self.directory)
+            if name.startswith("state.") and name.endswith(".npz")
+        )
+        digest = hashlib.sha1(json.dumps(listing).encode()).digest()
+        found = distribute.gather(digest)
+        if found is not None and len(set(found)) > 1:
+            raise StateFileError(
+                f"The processes of this run see different averaging states in "
+                f"backup_dir={self.directory!r} (this process: "
+                f"{[n for n, _ in listing] or 'none'}): backup_dir must be a "
+                "folder every process sees (a shared file system), written by "
+                "the chief only. Nothing was touched."
+            )
 
     def _open_lora(self) -> None:
         keras_restores = (
@@ -196,6 +219,8 @@ class Resume:
         if self.finished is not None:
             meta = self.finished
             self._load(meta, self.finished_arrays, meta["batches"])
+            if callback._average is not None:
+                callback._engine()
             return None
         batch = None
         if backup is not None:
@@ -204,9 +229,11 @@ class Resume:
                 position = internals.backup_position(backup)
                 if position is not None and position["epoch"] == epoch:
                     batch = position["batch"]
-        if not self.store.generations and epoch > 1:
-            # Epoch 1 may be a kill between Keras' backup of epoch 0 and the
-            # state's first write: resumed below.
+        if (
+            not self.store.generations
+            and epoch > 0
+            and not self._before_first(epoch, batch)
+        ):
             _new_average(callback, epoch, f" ({self.directory} holds none).")
             return None
         every = callback.update_freq
@@ -245,6 +272,24 @@ class Resume:
             # records where this fit's count starts.
             self.save(epoch, callback._step)
         return None
+
+    def _before_first(self, epoch: int, batch: int | None) -> bool:
+        """Whether Keras restored a point before the state's first write, with
+        no state yet (so the run's start, `EMPTY`, is resumed): Keras' backup
+        of epoch 0 and a kill before the state's write (epoch 1), or, at
+        step level, a backup before the first check."""
+        backup = self.keras_backup
+        if backup is None or internals.backup_position(backup) is None:
+            # No backup restored: a fit that starts later by itself
+            # (initial_epoch) starts a new average there.
+            return False
+        if epoch == 1:
+            return True
+        callback = self.callback
+        steps, every = callback._steps_per_epoch(), callback._every
+        if callback.update_freq == EPOCH or not steps or not isinstance(every, int):
+            return False
+        return epoch * steps + (0 if batch is None else batch + 1) < every
 
     def _load(self, meta: dict, arrays, batches) -> None:
         callback = self.callback

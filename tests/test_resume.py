@@ -141,3 +141,25 @@ def test_auto_keeps_k_across_two_kills(tmp_path):
     _, resumed = run(tmp_path, make, x=x, y=y)
     assert resumed.history == whole.history
     assert resumed.best_score == whole.best_score
+
+
+def test_a_second_fit_from_epoch_1_records_no_epoch_0(tmp_path):
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    aswa = ASWA(backup_dir=str(tmp_path / "state"))
+
+    def fit(**kw):
+        model.fit(
+            X,
+            Y,
+            batch_size=32,
+            validation_data=(XV, YV),
+            verbose=0,
+            callbacks=[aswa],
+            **kw,
+        )
+
+    fit(epochs=2)
+    with pytest.warns(UserWarning, match="starts a new average"):
+        fit(initial_epoch=1, epochs=3)
+    assert [r["epoch"] for r in aswa.history] == [1, 2]
