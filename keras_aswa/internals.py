@@ -442,3 +442,14 @@ def skip_epochs(model, epochs: int | None) -> None:
     elif hasattr(model, "_keras_aswa_skipped"):
         model._initial_epoch = model._keras_aswa_skipped
         del model._keras_aswa_skipped
+
+
+def spans_processes(variables) -> bool:
+    """Whether any of `variables` is sharded over devices of several
+    processes (JAX: a `ModelParallel` layout across processes), so that no
+    process can read it whole."""
+    for variable in variables:
+        value = getattr(variable, "value", None)
+        if getattr(value, "is_fully_addressable", True) is False:
+            return True
+    return False

@@ -182,6 +182,15 @@ class Resume:
     def check_average(self, average) -> None:
         """Checks that the state holds an average of the variables `average`
         holds (made when the model has its variables)."""
+        if internals.spans_processes(average.variables):
+            raise ValueError(
+                f"backup_dir={self.directory!r}: the averaged variables are "
+                "sharded across processes (a ModelParallel layout that spans "
+                "processes), which the averaging state cannot hold yet. Train "
+                "without backup_dir, or with a layout that keeps each variable "
+                "within one process (DataParallel, or ModelParallel within "
+                "each process)."
+            )
         paths = _paths(average, self.callback.model)
         for _, meta in self.store.generations:
             if meta["signature"] != average.signature():

@@ -163,3 +163,36 @@ def test_a_second_fit_from_epoch_1_records_no_epoch_0(tmp_path):
     with pytest.warns(UserWarning, match="starts a new average"):
         fit(initial_epoch=1, epochs=3)
     assert [r["epoch"] for r in aswa.history] == [1, 2]
+
+
+def test_only_the_chief_deletes_a_discarded_generation(tmp_path, monkeypatch):
+    import importlib
+
+    # Killed after ASWA wrote epoch 2 and before Keras backed it up: the
+    # rerun resumes from epoch 1 and discards the state of epoch 2. A process
+    # that is not the chief must leave the file to the chief.
+    state = str(tmp_path / "state")
+
+    def command(crash):
+        model = regression_model()
+        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+        callbacks = [ASWA(backup_dir=state)]
+        callbacks += [Crash(2)] if crash else []
+        callbacks.append(keras.callbacks.BackupAndRestore(str(tmp_path / "keras")))
+        model.fit(
+            X, Y, epochs=EPOCHS, batch_size=32, shuffle=False, verbose=0,
+            validation_data=(XV, YV), callbacks=callbacks,
+        )  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="preempted"):
+        command(True)
+    StateStore(state).unlock()
+    before = sorted(os.listdir(state))
+    for name in ("keras_aswa.callbacks.base", "keras_aswa.resume"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        monkeypatch.setattr(module, "is_chief", lambda model=None: False, raising=False)
+    command(False)
+    assert sorted(os.listdir(state)) == before

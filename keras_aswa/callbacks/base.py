@@ -443,6 +443,15 @@ class AveragingCallback(keras.callbacks.Callback):
         """
         self._require_average()
         model = self.model
+        if internals.spans_processes(model.weights):
+            raise RuntimeError(
+                "ensemble_weights() copies every weight to this process' "
+                "memory, and some are sharded across processes (a "
+                "ModelParallel layout that spans processes): call "
+                "apply_ensemble() on every process instead, then save the "
+                "model as the layout allows (model.save_weights on every "
+                "process, or a checkpointing library such as Orbax)."
+            )
         held = dict(
             zip(
                 (id(v) for v in self._average.variables),
