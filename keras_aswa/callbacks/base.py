@@ -28,8 +28,9 @@ class AveragingCallback(keras.callbacks.Callback):
     Subclasses hold the policy (`_decide`: fold the current weights in, or
     not); this class decides when it runs (every epoch end, or every
     `update_freq` training batches: `_act`), which variables are averaged
-    (`_engine`), resumes (`_resume`) and saves the state, writes the average
-    into the model when training ends (with `restore_best`), and exposes it.
+    (`_engine`), resumes and saves the state (through a
+    `keras_aswa.resume.Resume`), writes the average into the model when
+    training ends (with `restore_best`), and exposes it.
     Like Keras' `EarlyStopping`, what belongs to one `fit` is declared and
     reset in one method, `_reset_fit`, at the start of each.
 
@@ -329,7 +330,7 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def _engine(self) -> WeightAverage:
         """The average of this fit, made (in this one place) when the model
-        has its variables, with the state `_resume` picked loaded into it."""
+        has its variables, with the state `Resume.pick` picked loaded into it."""
         if self._average is None:
             model = self.model
             held = selection.averaged_variables(model, self.variables)
