@@ -450,6 +450,8 @@ def spans_processes(variables) -> bool:
     process can read it whole."""
     for variable in variables:
         value = getattr(variable, "value", None)
-        if getattr(value, "is_fully_addressable", True) is False:
+        if getattr(value, "is_fully_addressable", True) is False and not getattr(
+            value, "is_fully_replicated", False
+        ):  # replicated (DataParallel): every process holds it whole
             return True
     return False

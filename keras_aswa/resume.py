@@ -109,9 +109,13 @@ class Resume:
         """With several processes: all must see the same state (one folder
         every process sees), or all stop here, saying so; never hang later
         in collectives that part ways."""
+        try:  # the chief creates the folder (lock); the others may not see it yet
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            names = []
         listing = sorted(
             (name, os.path.getsize(self.store.path(name)))
-            for name in os.listdir(self.directory)
+            for name in names
             if name.startswith("state.") and name.endswith(".npz")
         )
         digest = hashlib.sha1(json.dumps(listing).encode()).digest()
