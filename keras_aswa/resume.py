@@ -82,6 +82,15 @@ class Resume:
             self.run = sorted(runs)[0]
         latest = self.store.generations[0][1] if self.store.generations else None
         if latest is not None and latest.get("finished"):
+            epochs = (callback.params or {}).get("epochs")
+            if latest.get("fit_epochs") not in (None, epochs):
+                raise StateFileError(
+                    f"{latest['path']} holds the end of a finished run of "
+                    f"{latest['fit_epochs']} epochs (killed while it tidied "
+                    f"up), and this fit has {epochs}. It was left as it is: "
+                    "rerun the same command to get that run's model, or point "
+                    "backup_dir elsewhere (or delete it) to start a new average."
+                )
             self.finished = latest
             self.finished_arrays = self.store.generations[0][0]
         # Keras merges LoRA adapters into their bases when it saves: the
@@ -349,6 +358,7 @@ class Resume:
         final = ()
         if finished:
             meta["finished"] = True
+            meta["fit_epochs"] = (callback.params or {}).get("epochs")
             internals.sync_model(callback)
             final = [
                 np.asarray(ops.convert_to_numpy(kernels.read(v)))

@@ -449,6 +449,7 @@ _OPTIONAL = {
     "finished": lambda v: isinstance(v, bool),
     "final": lambda v: _is_int(v, 0),
     "run": lambda v: isinstance(v, str),
+    "fit_epochs": lambda v: v is None or _is_int(v, 0),
 }
 
 

@@ -196,3 +196,35 @@ def test_only_the_chief_deletes_a_discarded_generation(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "is_chief", lambda model=None: False, raising=False)
     command(False)
     assert sorted(os.listdir(state)) == before
+
+
+def test_a_finished_run_killed_while_it_tidied_up_hands_back_its_model(tmp_path):
+    # Killed after the state was written finished and Keras deleted its
+    # backup, before the state was deleted: the same command trains nothing
+    # and hands back the uninterrupted run's model; another command (other
+    # epochs) is refused.
+    import keras_aswa.resume
+
+    _, whole = run(tmp_path / "whole", lambda m: ASWA(backup_dir=str(tmp_path / "w")))
+    whole_weights = [keras.ops.convert_to_numpy(v) for v in _.weights]
+    state = str(tmp_path / "state")
+    close = keras_aswa.resume.Resume.close
+
+    def killed_close(self):
+        raise RuntimeError("preempted")
+
+    keras_aswa.resume.Resume.close = killed_close
+    try:
+        with pytest.raises(RuntimeError, match="preempted"):
+            run(tmp_path, lambda m: ASWA(backup_dir=state))
+    finally:
+        keras_aswa.resume.Resume.close = close
+    StateStore(state).unlock()
+    assert not os.path.exists(tmp_path / "keras")  # Keras deleted its backup
+    with pytest.raises(StateFileError, match="finished run of 4 epochs"):
+        run(tmp_path, lambda m: ASWA(backup_dir=state), epochs=5)
+    model, again = run(tmp_path, lambda m: ASWA(backup_dir=state))
+    assert again.history == whole.history
+    for got, want in zip(model.weights, whole_weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+    assert os.listdir(state) == []
