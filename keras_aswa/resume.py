@@ -108,7 +108,9 @@ class Resume:
         ):
             internals.run_first_at_epoch_end(backup, self._save_adapters)
         if backup is not None:
-            internals.wrap_train_end(backup, callback._end_state, self.close)
+            internals.wrap_train_end(
+                backup, self._before_keras_end, self._after_keras_end
+            )
         if self.finished is not None:
             # The run finished and was killed while it tidied up: nothing to
             # train (pick hands back what it ended with).
@@ -414,6 +416,23 @@ class Resume:
             self.store.clear()
         self.store.unlock()
         internals.skip_epochs(self.callback.model, None)
+
+    def _in_this_fit(self) -> bool:
+        """Whether the callback trains in the `fit` now ending (Keras' backup
+        may outlive a killed fit into one without the callback)."""
+        running = internals.unsynced_model(self.keras_backup)  # that fit's
+        if running is not internals.unsynced_model(self.callback):
+            return False
+        found = internals.fit_locals(running)
+        return found is None or self.callback in internals.fit_callbacks(found)
+
+    def _before_keras_end(self) -> None:
+        if self._in_this_fit():
+            self.callback._end_state()
+
+    def _after_keras_end(self) -> None:
+        if self._in_this_fit():
+            self.close()
 
     @property
     def keras_pending(self) -> bool:

@@ -228,3 +228,25 @@ def test_a_finished_run_killed_while_it_tidied_up_hands_back_its_model(tmp_path)
     for got, want in zip(model.weights, whole_weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
     assert os.listdir(state) == []
+
+
+def test_keras_backup_reused_after_a_killed_fit_leaves_the_state_alone(tmp_path):
+    # A fit killed mid-run never reaches on_train_end; the same
+    # BackupAndRestore then serves a fit without the averaging callback,
+    # which must not end (write finished, or delete) the killed run's state.
+    state = str(tmp_path / "state")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "keras"))
+    model = regression_model()
+    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    fit_kw = dict(x=X, y=Y, batch_size=32, verbose=0, validation_data=(XV, YV))
+    with pytest.raises(RuntimeError, match="preempted"):
+        model.fit(
+            epochs=3, callbacks=[backup, ASWA(backup_dir=state), Crash(1)], **fit_kw
+        )
+    StateStore(state).unlock()
+    before = {n: os.path.getsize(os.path.join(state, n)) for n in os.listdir(state)}
+    other = regression_model()
+    other.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    other.fit(epochs=3, callbacks=[backup], **fit_kw)
+    after = {n: os.path.getsize(os.path.join(state, n)) for n in os.listdir(state)}
+    assert after == before
