@@ -552,7 +552,9 @@ class ASWA(AveragingCallback):
     def _identity(self) -> dict:
         """What else decides this run's scores: the data scored on and how
         much of it, and (with "auto") the budget N and K are chosen from."""
-        if self.validation_data is not None:
+        if self.score_fn is not None:
+            data = None  # the function is the whole score
+        elif self.validation_data is not None:
             data = resume.fingerprint(self.validation_data)
         else:
             found = internals.fit_validation(self._fit) or {}
