@@ -67,3 +67,36 @@ def _chief_task(task_type: str, task_id, cluster: dict) -> bool:
     if task_type == "chief":
         return True
     return task_type == "worker" and int(task_id or 0) == 0 and not cluster.get("chief")
+
+
+def gather(digest: bytes) -> list[bytes] | None:
+    """Every process' `digest` (16 bytes), in process order; None in a
+    one-process run, and on TensorFlow (not gathered there).
+
+    A collective: every process of the run must call it at the same point.
+    """
+    import numpy as np
+
+    name = backend.backend()
+    digest = digest[:16].ljust(16, b"\0")
+    if name == "jax":
+        import jax
+
+        if jax.process_count() == 1:
+            return None
+        from jax.experimental import multihost_utils
+
+        values = np.frombuffer(digest, dtype=np.int32)
+        gathered = np.asarray(multihost_utils.process_allgather(values))
+        return [row.astype(np.int32).tobytes() for row in gathered.reshape(-1, 4)]
+    if name == "torch":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        if dist.get_world_size() == 1:
+            return None
+        found = [None] * dist.get_world_size()
+        dist.all_gather_object(found, digest)
+        return found
+    return None

@@ -498,3 +498,63 @@ def torch_copy_all(into: list, values: list) -> None:
 
     with torch.no_grad():
         torch._foreach_copy_(into, values)
+
+
+# --- The end of fit and the resume of a finished run (keras_aswa.resume) -----
+
+
+def wrap_train_end(callback, before, after) -> None:
+    """Makes `callback.on_train_end` (Keras' `BackupAndRestore`, which
+    deletes its backup there) call `before()` first and `after()` last.
+
+    Stands in for: a way to order the end of two callbacks whatever their
+    places in `fit`'s list: the averaging state is written finished before
+    Keras deletes its backup, and deleted after. Undone by `undo_train_end`
+    (and by the wrapper itself when it runs).
+    """
+    undo_train_end(callback)
+    own = callback.on_train_end
+
+    def on_train_end(logs=None):
+        undo_train_end(callback)
+        before()
+        own(logs)
+        after()
+
+    on_train_end.keras_aswa_wrapped = own
+    callback.on_train_end = on_train_end
+
+
+def undo_train_end(callback) -> None:
+    """Gives `callback` its own `on_train_end` back (see above)."""
+    if hasattr(callback.on_train_end, "keras_aswa_wrapped"):
+        del callback.on_train_end  # the instance attribute: the class' method
+
+
+def skip_epochs(model, epochs: int | None) -> None:
+    """Makes the `fit` that is beginning train no epoch (`epochs`: its
+    number of epochs), or (None) undoes it once that fit ended.
+
+    Stands in for: a public way to end `fit` before its first epoch. Keras
+    starts at `model._initial_epoch` where set (BackupAndRestore sets it in
+    its `on_train_begin`), read after every callback's `on_train_begin`.
+    """
+    if epochs is not None:
+        model._keras_aswa_skipped = getattr(model, "_initial_epoch", None)
+        model._initial_epoch = epochs
+    elif hasattr(model, "_keras_aswa_skipped"):
+        model._initial_epoch = model._keras_aswa_skipped
+        del model._keras_aswa_skipped
+
+
+def spans_processes(variables) -> bool:
+    """Whether any of `variables` is sharded over devices of several
+    processes (JAX: a `ModelParallel` layout across processes), so that no
+    process can read it whole."""
+    for variable in variables:
+        value = getattr(variable, "value", None)
+        if getattr(value, "is_fully_addressable", True) is False and not getattr(
+            value, "is_fully_replicated", False
+        ):  # replicated (DataParallel): every process holds it whole
+            return True
+    return False

@@ -15,7 +15,7 @@ Example:
 
 ```python
 parts = lora.parts(model)
-lora.save_bases(parts, "backup/aswa")        # once a run
+lora.save_bases(parts, "backup/aswa", run)   # once a run
 adapters = lora.adapters(parts)              # with every generation
 lora.unmerge(parts, "backup/aswa", adapters) # after Keras restored
 ```
@@ -23,8 +23,10 @@ lora.unmerge(parts, "backup/aswa", adapters) # after Keras restored
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ from keras import ops
 from keras_aswa import internals, kernels
 from keras_aswa.state import LORA_BASES as BASES
 from keras_aswa.state import LORA_RUNNING as RUNNING
+from keras_aswa.state import StateFileError, damaged, write_npz
 
 
 @dataclass
@@ -63,47 +66,107 @@ def _numpy(variable) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(kernels.read(variable)), "float32")
 
 
-def save_bases(found: list[Part], directory: str) -> None:
-    """Writes the bases to `directory` (atomically), unless already there."""
+def _identity(found: list[Part]) -> dict:
+    """What makes a bases file this model's: its LoRA layers' bases (their
+    paths without the numbers Keras appends to default names)."""
+    return {
+        "paths": [_NUMBERED.sub("", str(getattr(p.base, "path", ""))) for p in found],
+        "shapes": [list(p.base.shape) for p in found],
+    }
+
+
+_NUMBERED = re.compile(r"_\d+(?=/|$)")
+
+
+def save_bases(found: list[Part], directory: str, run: str) -> None:
+    """Writes the bases to `directory` (atomically), for the run `run` (the
+    state's generations carry the same identifier)."""
+    if found:
+        meta = dict(_identity(found), run=run)
+        _write(
+            os.path.join(directory, BASES),
+            [_numpy(p.base) for p in found],
+            meta,
+        )
+
+
+def bases_run(found: list[Part], directory: str) -> str | None:
+    """The run the bases file in `directory` was written for, or None when
+    there is none.
+
+    Raises:
+        StateFileError: If it cannot be read, or holds the bases of other
+            layers than `found` (another model's), naming the file.
+    """
     path = os.path.join(directory, BASES)
-    if found and not os.path.exists(path):
-        _write(path, [_numpy(p.base) for p in found])
+    if not found or not os.path.exists(path):
+        return None
+    meta, _ = _read(path)
+    if {k: meta.get(k) for k in ("paths", "shapes")} != _identity(found):
+        raise damaged(
+            path,
+            "it holds the LoRA bases of other layers than this model's "
+            "(another model's, or another run's)",
+        )
+    return meta["run"]
 
 
-def save_running(found: list[Part], directory: str, epoch: int) -> None:
+def save_running(found: list[Part], directory: str, epoch: int, run: str) -> None:
     """Writes the running adapters at the end of `epoch`, replacing the last.
 
     Called before Keras' `BackupAndRestore` saves that epoch where it comes
     before the callback: killed between the two, the rerun replays the epoch
     end with these adapters, which Keras' backup holds only merged.
     """
-    _write(os.path.join(directory, RUNNING), [np.array(epoch), *adapters(found)])
+    meta = {"run": run, "epoch": epoch}
+    _write(os.path.join(directory, RUNNING), adapters(found), meta)
 
 
-def load_running(directory: str, epoch: int) -> list | None:
-    """The adapters `save_running` wrote at the end of `epoch`, or None."""
+def load_running(directory: str, epoch: int, run: str) -> list | None:
+    """The adapters `save_running` wrote at the end of `epoch` in the run
+    `run`, or None."""
     path = os.path.join(directory, RUNNING)
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as data:
-        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    return arrays[1:] if int(arrays[0]) == epoch else None
+    meta, arrays = _read(path)
+    if meta.get("run") != run or meta.get("epoch") != epoch:
+        return None
+    return arrays
 
 
-def _write(path: str, arrays: list) -> None:
-    fd, tmp = tempfile.mkstemp(
-        dir=os.path.dirname(path), prefix=".state-", suffix=".npz"
-    )
+def _write(path: str, arrays: list, meta: dict) -> None:
+    payload = {f"arr_{i}": a for i, a in enumerate(arrays)}
+    payload["__meta__"] = np.array(json.dumps(meta))
+    write_npz(path, payload)
+
+
+def _read(path: str) -> tuple[dict, list]:
+    """A LoRA file's metadata and arrays; a file that cannot be used is a
+    StateFileError naming it."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, *arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            if not isinstance(meta, dict) or not isinstance(meta.get("run"), str):
+                raise damaged(path, "its metadata is not a LoRA file's")
+            names = sorted(
+                (n for n in data.files if n.startswith("arr_")),
+                key=lambda n: int(n[4:]),
+            )
+            arrays = [data[n] for n in names]
+    except StateFileError:
         raise
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as e:
+        raise damaged(
+            path, f"{type(e).__name__}: {e}; it may be truncated, or not a LoRA file"
+        ) from None
+    return meta, arrays
 
 
 def adapters(found: list[Part]) -> list[np.ndarray]:
@@ -129,8 +192,20 @@ def unmerge(found: list[Part], directory: str, running: list | None) -> bool:
     path = os.path.join(directory, BASES)
     if not found or not os.path.exists(path):
         return False
-    with np.load(path, allow_pickle=False) as data:
-        bases = [data[f"arr_{i}"] for i in range(len(found))]
+    _, bases = _read(path)
+    if len(bases) != len(found) or any(
+        b.shape != tuple(p.base.shape) for b, p in zip(bases, found, strict=False)
+    ):
+        raise damaged(path, "its arrays do not match this model's LoRA bases")
+    variables = [v for p in found for v in (p.a, p.b)]
+    if running is not None and (
+        len(running) != len(variables)
+        or any(
+            np.size(r) != np.prod(v.shape)
+            for r, v in zip(running, variables, strict=False)
+        )
+    ):
+        raise damaged(path, "the running adapters kept do not match this model's")
     merged = False
     for i, (part, base) in enumerate(zip(found, bases, strict=True)):
         current = _numpy(part.base)

@@ -250,20 +250,27 @@ class StateStore:
         arrays, meta = found
         return Resumed(arrays=arrays, meta=meta, replay=replay, batches=batches)
 
-    def drop_after(self, meta: dict) -> None:
+    def drop_after(self, meta: dict, remove: bool = True) -> None:
         """Removes the generations written after `meta`'s (another future),
-        and drops the loaded arrays from memory."""
+        and drops the loaded arrays from memory.
+
+        Args:
+            meta: The generation resumed from.
+            remove: Whether to delete their files too (only the process that
+                writes the folder, the chief, does; the others forget them).
+        """
         kept, dropping = [], True
         for (_, m), name in zip(self.generations, reversed(self._names), strict=True):
             dropping = dropping and m is not meta
             if dropping:
-                os.remove(self.path(name))
+                if remove:
+                    os.remove(self.path(name))
             else:
                 kept.append(((None, m), name))
         self.generations = [g for g, _ in kept]
         self._names = [name for _, name in reversed(kept)]
 
-    def save(self, arrays: list, meta: dict, keep, adapters=()) -> None:
+    def save(self, arrays: list, meta: dict, keep, adapters=(), final=()) -> None:
         """Writes one generation atomically, then removes those not needed.
 
         Args:
@@ -273,29 +280,23 @@ class StateStore:
                 new one included) whose generations stay.
             adapters: The running LoRA adapters (see `keras_aswa.lora`),
                 read back as `meta["adapter_arrays"]`.
+            final: The model's weights when the run finished (a generation
+                marked `finished`), read back as `meta["final_arrays"]`.
         """
         payload = {f"a{i}": a for i, a in enumerate(arrays) if a is not None}
         payload.update({f"l{i}": a for i, a in enumerate(adapters)})
+        payload.update({f"f{i}": a for i, a in enumerate(final)})
         meta = dict(
             meta,
             format=FORMAT,
             present=[a is not None for a in arrays],
             adapters=len(adapters),
+            final=len(final),
         )
         payload[_META] = np.array(json.dumps(meta))
         number = int(_NAME.match(self._names[-1]).group(1)) + 1 if self._names else 0
         name = _PATTERN.format(number)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".state-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(name))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_npz(self.path(name), payload)
         self._names.append(name)
         meta["path"] = self.path(name)
         self.generations.insert(0, (None, meta))
@@ -435,6 +436,47 @@ _FIELDS = {
 }
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# Fields a generation may hold (written by a subclass' `_state_meta`, or by
+# later releases), checked where present.
+_OPTIONAL = {
+    "best_score": lambda v: v is None or _is_number(v),
+    "validation_steps": lambda v: v is None or _is_int(v, 1),
+    "paths": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "finished": lambda v: isinstance(v, bool),
+    "final": lambda v: _is_int(v, 0),
+    "run": lambda v: isinstance(v, str),
+    "fit_epochs": lambda v: v is None or _is_int(v, 0),
+}
+
+
+def write_npz(path: str, payload: dict) -> None:
+    """Writes `payload` (name -> array) to `path` atomically: a temporary
+    file beside it, flushed to disk, then renamed; a killed write leaves the
+    old file (or none), never half a file under `path`."""
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(path) or ".", prefix=".state-", suffix=".npz"
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def damaged(path: str, why: str) -> StateFileError:
+    """The error for a file of `backup_dir` that cannot be used."""
+    return _damaged(path, why)
+
+
 def _read(path: str) -> tuple[list, dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -452,6 +494,11 @@ def _read(path: str) -> tuple[list, dict]:
             if missing:
                 raise _damaged(path, f"its metadata lacks {missing}")
             wrong = [key for key, valid in _FIELDS.items() if not valid(meta[key])]
+            wrong += [
+                key
+                for key, valid in _OPTIONAL.items()
+                if key in meta and not valid(meta[key])
+            ]
             if wrong:
                 shown = ", ".join(f"{k}={meta[k]!r}"[:80] for k in wrong)
                 raise _damaged(path, f"its metadata has invalid values: {shown}")
@@ -460,6 +507,7 @@ def _read(path: str) -> tuple[list, dict]:
                 for i, present in enumerate(meta["present"])
             ]
             meta["adapter_arrays"] = [data[f"l{i}"] for i in range(meta["adapters"])]
+            meta["final_arrays"] = [data[f"f{i}"] for i in range(meta.get("final", 0))]
     except StateFileError:
         raise
     except (

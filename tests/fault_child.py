@@ -24,7 +24,11 @@ A job (all keys but `workdir` optional):
   evaluation by the averaging callback's scorer, after it ran), `"savez"`
   (halfway through writing the state's temporary file), `"replace"` (just
   before the state writer's `os.replace`/`os.rename`), `"remove"` (just
-  before a generation no longer needed is removed).
+  before a generation no longer needed is removed). Inside `on_train_end`
+  (`epoch`: the last one): `"slot0_end"`, `"slot1_end"`, `"slot2_end"` (a
+  callback at that place, at its `on_train_end`), `"end_replace"` and
+  `"end_remove"` (the state writer's rename and removals there),
+  `"keras_deleted"` (just after Keras' `BackupAndRestore` deleted its backup).
 - `epochs`: how many epochs `fit` runs (`EPOCHS` by default).
 - `save_freq`: `BackupAndRestore`'s (`"epoch"` by default, or an int);
   `double`: its `double_checkpoint`.
@@ -88,6 +92,7 @@ class _Trigger:
         self.kill = kill
         self.epoch = -1
         self.counts = {}
+        self.ending = False  # inside on_train_end
 
     def new_epoch(self, epoch):
         self.epoch = epoch
@@ -157,7 +162,7 @@ def _arm_patches(trigger, state_dir, slow_writes=0.0):
 
         def move(src, dst, *args, _real=real, **kwargs):
             if os.path.dirname(os.fspath(dst)) == state_dir:
-                trigger.reach("replace")
+                trigger.reach("end_replace" if trigger.ending else "replace")
             return _real(src, dst, *args, **kwargs)
 
         setattr(os, fn, move)
@@ -167,10 +172,20 @@ def _arm_patches(trigger, state_dir, slow_writes=0.0):
     def remove(path, *args, **kwargs):
         name = os.path.basename(os.fspath(path))
         if os.path.dirname(os.fspath(path)) == state_dir and name.startswith("state."):
-            trigger.reach("remove")
+            trigger.reach("end_remove" if trigger.ending else "remove")
         return real_remove(path, *args, **kwargs)
 
     os.remove = remove
+
+    import keras
+
+    backup_end = keras.callbacks.BackupAndRestore.on_train_end
+
+    def on_train_end(self, logs=None):
+        backup_end(self, logs)
+        trigger.reach("keras_deleted")
+
+    keras.callbacks.BackupAndRestore.on_train_end = on_train_end
 
 
 def _listing(directory):
@@ -242,6 +257,9 @@ def run_job(job):
         def on_train_batch_end(self, batch, logs=None):
             trigger.reach("batch")
 
+        def on_train_end(self, logs=None):
+            trigger.ending = True
+
     class Slot(keras.callbacks.Callback):
         def __init__(self, name):
             super().__init__()
@@ -252,6 +270,9 @@ def run_job(job):
 
         def on_train_batch_end(self, batch, logs=None):
             trigger.reach(f"{self.name}_batch")
+
+        def on_train_end(self, logs=None):
+            trigger.reach(f"{self.name}_end")
 
     pair = (
         [keras_backup, averaging]

@@ -558,3 +558,61 @@ def test_random_sigkills_while_the_state_is_written(server, tmp_path_factory, tm
             break  # the rerun finished before the kill
         assert status == -9, log_tail(str(tmp_path))
     check_resumed(server, tmp_path_factory, str(tmp_path), job, [])
+
+
+END_POINTS = [
+    ("slot0_end", 1),
+    ("slot1_end", 1),
+    ("slot2_end", 1),
+    ("end_replace", 1),
+    ("end_remove", 1),
+    ("keras_deleted", 1),
+]
+
+
+def end_cases():
+    """Every kill point inside on_train_end, for ASWA and SWA in either
+    order; the quick subset kills between Keras' deletion of its backup and
+    the state's, in either order."""
+    cases = []
+    for callback in ("aswa", "swa"):
+        for order in ORDERS:
+            for point, n in END_POINTS:
+                quick = point == "keras_deleted" and (callback == "aswa") == (
+                    order == "keras_first"
+                )
+                cases.append(
+                    pytest.param(
+                        callback,
+                        order,
+                        [point, EDGE_EPOCHS - 1, n],
+                        id=f"{callback}-{order}-{point}",
+                        marks=() if quick else pytest.mark.faults,
+                    )
+                )
+    return cases
+
+
+@pytest.mark.parametrize("callback, order, kill", end_cases())
+def test_killed_inside_on_train_end(
+    server, tmp_path_factory, tmp_path, callback, order, kill
+):
+    # The end of a run is one step: the same command run again hands back
+    # the model of the uninterrupted run, and leaves nothing behind.
+    job = {"workdir": str(tmp_path), "callback": callback, "order": order}
+    job.update(update_freq="epoch", epochs=EDGE_EPOCHS)
+    check_resumed(server, tmp_path_factory, str(tmp_path), job, [kill])
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_step_level_killed_before_its_first_check(
+    server, tmp_path_factory, tmp_path, order
+):
+    # update_freq above two epochs of batches (4 an epoch): killed in epoch 2,
+    # before the first check, the batch count goes on from Keras' backup and
+    # the checks land on the batches of the uninterrupted run.
+    job = {"workdir": str(tmp_path), "callback": "aswa", "order": order}
+    job.update(update_freq=10, epochs=6)
+    check_resumed(server, tmp_path_factory, str(tmp_path), job, [["batch", 2, 2]])
+    expected, _ = reference(server, tmp_path_factory, job)
+    assert [r["step"] for r in expected["history"]] == [10, 20]

@@ -42,7 +42,7 @@ def test_unmerge_puts_the_base_back(tmp_path, known):
     model = lora_model()
     parts = lora.parts(model)
     assert len(parts) == 2
-    lora.save_bases(parts, str(tmp_path))
+    lora.save_bases(parts, str(tmp_path), "run")
     bases = values(p.base for p in parts)
     adapters = lora.adapters(parts)
     merged_before = values(layer.kernel for layer in model.layers[::2])
@@ -148,3 +148,78 @@ def test_keras_hub_lora_classifier_resumes_to_the_uninterrupted_run(tmp_path):
     )
     evaluated = model.evaluate(xv, yv, batch_size=16, verbose=0, return_dict=True)
     np.testing.assert_allclose(evaluated["loss"], aswa.best_score, rtol=1e-5)
+
+
+def _lora_run(state, keras_dir, crash, seed=3, epochs=4):
+    model = regression_model()
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            layer.enable_lora(2)
+            layer._kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+            for v in (layer.lora_kernel_a, layer.lora_kernel_b):
+                v.assign(rng.normal(size=v.shape).astype("float32"))
+    compiled_model(model)
+    aswa = ASWA(backup_dir=state)
+    callbacks = [keras.callbacks.BackupAndRestore(keras_dir), aswa]
+    fit_regression(model, callbacks + ([Crash(1)] if crash else []), epochs=epochs)
+    return model, aswa
+
+
+def test_lora_bases_of_another_run_are_never_loaded(tmp_path):
+    # A run leaves lora_bases.npz behind; its state files (and Keras' backup)
+    # are deleted, as the damaged-file error suggests. A new model with other
+    # bases, trained with that backup_dir, keeps its own bases.
+    state = str(tmp_path / "state")
+    with pytest.raises(RuntimeError, match="preempted"):
+        _lora_run(state, str(tmp_path / "k1"), True, seed=3)
+    for name in os.listdir(state):
+        if name.startswith("state."):
+            os.remove(os.path.join(state, name))
+    assert os.path.exists(os.path.join(state, lora.BASES))
+    model, _ = _lora_run(state, str(tmp_path / "k2"), False, seed=4)
+    clean, _ = _lora_run(str(tmp_path / "clean"), str(tmp_path / "k3"), False, seed=4)
+    for got, expected in zip(values(model.weights), values(clean.weights), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", [lora.BASES, lora.RUNNING])
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_damaged_lora_files_name_the_file(tmp_path, name, damage):
+    state = str(tmp_path / "state")
+    keras_dir = str(tmp_path / "k")
+    with pytest.raises(RuntimeError, match="preempted"):
+        _lora_run(state, keras_dir, True)
+    path = os.path.join(state, name)
+    if damage == "truncated":
+        if not os.path.exists(path):
+            np.savez(path, np.zeros(3))
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        np.savez(path, np.zeros(3), np.ones(2))
+    if name == lora.RUNNING:
+        # Read where the epoch end Keras saved is replayed: killed between
+        # Keras' backup and the state's write.
+        for n in sorted(os.listdir(state)):
+            if n.startswith("state."):
+                latest = n
+        os.remove(os.path.join(state, latest))
+        with open(path, "rb") as f:
+            head = f.read()
+        model_error = None
+        try:
+            _lora_run(state, keras_dir, False)
+        except Exception as e:  # noqa: BLE001
+            model_error = e
+        if damage == "truncated" or model_error is not None:
+            assert model_error is not None
+            assert type(model_error).__name__ == "StateFileError", model_error
+            assert path in str(model_error)
+        with open(path, "rb") as f:
+            assert f.read() == head or model_error is None
+        return
+    with pytest.raises(Exception) as info:
+        _lora_run(state, keras_dir, False)
+    assert type(info.value).__name__ == "StateFileError", info.value
+    assert path in str(info.value)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import keras
 
-from keras_aswa import cadence, internals
+from keras_aswa import cadence, internals, resume
 from keras_aswa.cadence import Cadence
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.base import AveragingCallback
@@ -390,7 +390,29 @@ class ASWA(AveragingCallback):
             "mode": self.mode,
             "min_delta": self.min_delta,
             "start_from_epoch": self.start_from_epoch,
+            **self._identity(),
         }
+
+    def _identity(self) -> dict:
+        """What else decides this run's scores: the data scored on and how
+        much of it, and (with "auto") the budget N and K are chosen from."""
+        if self.score_fn is not None:
+            data = None  # the function is the whole score
+        elif self.validation_data is not None:
+            data = resume.fingerprint(self.validation_data)
+        else:
+            found = internals.fit_validation(self._fit) or {}
+            data = resume.fingerprint([found.get("x"), found.get("y")])
+            if found.get("steps") is not None:
+                data.append(found["steps"])
+        identity = {
+            "validation": data,
+            "validation_steps": self.validation_steps,
+            "score_fn": resume.describe_function(self.score_fn),
+        }
+        if self.update_freq == "auto":
+            identity["check_budget"] = self.check_budget
+        return identity
 
     def _state_meta(self):
         steps = None if self.cadence is None else self.cadence.validation_steps

@@ -9,14 +9,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_aswa import internals, kernels, lora, selection
+from keras_aswa import internals, kernels, selection
 from keras_aswa.averaging import WeightAverage, check_offload
 from keras_aswa.batchnorm import update_batchnorm
 from keras_aswa.callbacks import arguments
 from keras_aswa.callbacks.peers import check_peers
-from keras_aswa.distribute import is_chief
 from keras_aswa.isolation import rng_preserved
-from keras_aswa.state import EMPTY, StateFileError, StateStore, retain
+from keras_aswa.resume import Resume, new_average_warning
 
 BATCHNORM_MODES = ("average", "recompute")
 EPOCH = "epoch"
@@ -29,8 +28,9 @@ class AveragingCallback(keras.callbacks.Callback):
     Subclasses hold the policy (`_decide`: fold the current weights in, or
     not); this class decides when it runs (every epoch end, or every
     `update_freq` training batches: `_act`), which variables are averaged
-    (`_engine`), resumes (`_resume`) and saves the state, writes the average
-    into the model when training ends (with `restore_best`), and exposes it.
+    (`_engine`), resumes and saves the state (through a
+    `keras_aswa.resume.Resume`), writes the average into the model when
+    training ends (with `restore_best`), and exposes it.
     Like Keras' `EarlyStopping`, what belongs to one `fit` is declared and
     reset in one method, `_reset_fit`, at the start of each.
 
@@ -118,11 +118,10 @@ class AveragingCallback(keras.callbacks.Callback):
             "_fit",
             "_average",
             "_resumed",
-            "_store",
+            "_state",
             "_keras_backup",
         ):
             state[name] = None
-        state["_lora"] = []
         return state
 
     # --- fit's lifecycle -----------------------------------------------------
@@ -150,41 +149,13 @@ class AveragingCallback(keras.callbacks.Callback):
             None,
         )
         if self.backup_dir is not None:
-            self._open_state(model, callbacks)
+            # Read now, so that a bad file stops fit before training; which
+            # generation applies is known once Keras' BackupAndRestore has
+            # restored (in its own on_train_begin): `_pick` picks it.
+            self._state = Resume(self, callbacks)
+            self._state.open(model)
         if model.built and model.weights:
             self._engine()  # a model built later (TF, no Input) waits
-
-    def _open_state(self, model, callbacks: list) -> None:
-        """Locks `backup_dir` and reads (and checks) the state there.
-
-        Read now, so that a bad file stops fit before training; which
-        generation applies is known once Keras' BackupAndRestore has restored
-        (in its own on_train_begin): `_resume` picks it.
-        """
-        chief = is_chief(internals.unsynced_model(self))
-        self._store = StateStore(self.backup_dir)
-        if chief:
-            self._store.lock()
-        self._store.load(tidy=chief)
-        for _, meta in self._store.generations:
-            self._check_state(meta)
-        # Keras merges LoRA adapters into their bases when it saves: the
-        # bases are kept, to be put back after it restores.
-        self._lora = lora.parts(model)
-        if chief:
-            lora.save_bases(self._lora, self.backup_dir)
-            backup = self._keras_backup
-            if (
-                self._lora
-                and self.update_freq == EPOCH
-                and backup is not None
-                and callbacks.index(backup) < callbacks.index(self)
-            ):
-                internals.run_first_at_epoch_end(backup, self._save_adapters)
-
-    def _save_adapters(self, epoch: int) -> None:
-        internals.sync_model(self)
-        lora.save_running(self._lora, self.backup_dir, epoch)
 
     def _reset_fit(self) -> None:
         """The state of one `fit`, declared here and set afresh when it
@@ -195,10 +166,10 @@ class AveragingCallback(keras.callbacks.Callback):
         self._batch_size = 32
         self._average: WeightAverage | None = None
         self._resumed = None  # (arrays, count) for an engine made later
-        self._store = None
+        self._state: Resume | None = None  # with a backup_dir
         self._keras_backup = None
-        self._lora: list = []  # LoRA layers, with a backup_dir
         self._pending_resume = True  # until the first epoch (or the end)
+        self._ending = False  # once the end of fit began (`_end_state`)
         self._step = 0  # fit's training batches so far, across resumes
         # The batches between two checks: update_freq, or, with "auto", None
         # until chosen from the first batches' timings.
@@ -214,7 +185,7 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._pending_resume:
-            self._resume(epoch)
+            self._pick(epoch)
         self._epoch = epoch
         self._last_batch = -1
         self._in_epoch = True
@@ -269,20 +240,13 @@ class AveragingCallback(keras.callbacks.Callback):
         return True
 
     def on_train_end(self, logs=None):
-        if self._pending_resume:
-            # fit trained no epoch: Keras resumed after the last one. The
-            # average it ended with comes back all the same.
-            self._resume(internals.fit_initial_epoch(self.model, self._fit))
-        self._in_epoch = False
-        if self._keras_backup is not None:
-            internals.undo_first_at_epoch_end(self._keras_backup)
+        self._end_state()
         with rng_preserved():
-            self._hide_average()
-            if self._store is not None and is_chief(internals.unsynced_model(self)):
-                # The run finished: a later fit starts afresh, as with
-                # BackupAndRestore.
-                self._store.clear()
-            self._store = None
+            if self._state is not None and not self._state.keras_pending:
+                # With Keras' backup still there (later in fit's list), the
+                # folder is emptied after it is deleted (`Resume.close`).
+                self._state.close()
+            self._state = None
             if self.restore_best:
                 self._apply_average()
         self.timing = {
@@ -295,6 +259,31 @@ class AveragingCallback(keras.callbacks.Callback):
             summary = self._summary()
             if summary:
                 self._print(summary)
+
+    def _end_state(self) -> None:
+        """The end of fit up to its state written as finished; runs once, in
+        `on_train_end` or, where Keras' BackupAndRestore ends first, before
+        it deletes its backup."""
+        if self._ending:
+            return
+        self._ending = True
+        if self._pending_resume:
+            # fit trained no epoch: Keras resumed after the last one. The
+            # average it ended with comes back all the same.
+            self._pick(internals.fit_initial_epoch(self.model, self._fit))
+        self._in_epoch = False
+        if self._keras_backup is not None:
+            internals.undo_first_at_epoch_end(self._keras_backup)
+        with rng_preserved():
+            self._hide_average()
+            if self._state is not None:
+                self._state.restore_final()  # the rerun of a finished run
+                self._state.finish()
+
+    def _finished(self) -> bool:
+        """Whether this fit reruns a run that had finished (killed while it
+        tidied up): it trains nothing and hands back what that run did."""
+        return self._state is not None and self._state.finished is not None
 
     def _extra_timing(self) -> dict:
         """Further entries of `timing` (seconds) a subclass measures."""
@@ -310,14 +299,16 @@ class AveragingCallback(keras.callbacks.Callback):
         """Runs the policy at an epoch end (step None) or a step-level check."""
         # The evaluations and BatchNormalization passes below must leave the
         # random state that orders training batches as it was.
+        if self._finished():
+            return
         start = time.perf_counter()
         with rng_preserved():
             self._engine()
             self._decide(epoch, step, logs)
             # Every worker holds the same average (they take the same
             # decisions); one writes it, and all read it on resume.
-            if self._store is not None and is_chief(internals.unsynced_model(self)):
-                self._save(epoch, step)
+            if self._state is not None and self._state.chief:
+                self._state.save(epoch, step)
         self._check_seconds += time.perf_counter() - start
 
     def _decide(self, epoch: int, step: int | None, logs: dict) -> None:
@@ -344,7 +335,7 @@ class AveragingCallback(keras.callbacks.Callback):
 
     def _engine(self) -> WeightAverage:
         """The average of this fit, made (in this one place) when the model
-        has its variables, with the state `_resume` picked loaded into it."""
+        has its variables, with the state `Resume.pick` picked loaded into it."""
         if self._average is None:
             model = self.model
             held = selection.averaged_variables(model, self.variables)
@@ -358,9 +349,8 @@ class AveragingCallback(keras.callbacks.Callback):
                 self._recompute_batchnorm if self.batchnorm == "recompute" else None
             )
             self._average = WeightAverage(held, offload=self.offload, on_write=on_write)
-            if self._store is not None:
-                for _, meta in self._store.generations:
-                    self._check_signature(meta)
+            if self._state is not None:
+                self._state.check_average(self._average)
         if self._resumed is not None:
             self._average.load(*self._resumed)
             self._resumed = None
@@ -374,9 +364,9 @@ class AveragingCallback(keras.callbacks.Callback):
     def _recompute_batchnorm(self):
         update_batchnorm(self.model, self.batchnorm_data, batch_size=self._batch_size)
 
-    # --- resuming ------------------------------------------------------------
+    # --- resuming (see keras_aswa.resume) -------------------------------------
 
-    def _resume(self, epoch: int) -> None:
+    def _pick(self, epoch: int) -> None:
         """Continues from the saved state that matches what Keras restored.
 
         Runs once a fit, after every callback's `on_train_begin` (Keras'
@@ -384,137 +374,14 @@ class AveragingCallback(keras.callbacks.Callback):
         epoch, or at the end of a fit that trains none.
         """
         self._pending_resume = False
-        backup = self._keras_backup
-        batch = None
-        if backup is not None:
-            internals.keep_backup_epoch(backup, epoch)
-            if isinstance(backup.save_freq, int):
-                position = internals.backup_position(backup)
-                if position is not None and position["epoch"] == epoch:
-                    batch = position["batch"]
-        if self._store is None or (not self._store.generations and epoch > 1):
-            # Epoch 1 may be a kill between Keras' backup of epoch 0 and the
-            # state's first write: resumed below.
-            if epoch > 0:
-                warnings.warn(
-                    f"fit is resuming at epoch {epoch} (initial_epoch or "
-                    f"BackupAndRestore): {type(self).__name__} starts a new "
-                    "average here, since no earlier one was kept"
-                    + (
-                        " (pass backup_dir= to keep it)."
-                        if self._store is None
-                        else f" ({self.backup_dir} holds none)."
-                    ),
-                    stacklevel=3,
-                )
+        if self._state is None:
+            new_average_warning(self, epoch)
             return
-        every = self.update_freq
-        if every == AUTO:  # the N chosen in the run that wrote the state
-            every = next(
-                (m["every"] for _, m in self._store.generations if m["every"]), None
-            )
-        found = self._store.resume(epoch, batch, self._steps_per_epoch(), every)
-        meta = found.meta
-        # A state saved before the first averaged epoch holds no average.
-        self._resumed = (found.arrays, meta["count"]) if meta["count"] else None
-        self.history = [dict(record) for record in meta["history"]]
-        if meta is not EMPTY:
-            self._load_state(meta)
-        self._store.drop_after(meta)
-        self._step = self._epoch_start = found.batches or 0
-        if meta.get("every"):
-            self._every = meta["every"]
-        if self._lora:
-            # The running adapters are known where a state was written at
-            # the very point Keras restored; elsewhere they are factored
-            # out of the merged base again.
-            at_backup = found.replay is None and (
-                batch is None
-                if self.update_freq == EPOCH
-                else meta["batches"] == found.batches
-            )
-            running = None
-            if at_backup and meta is not EMPTY:
-                running = meta.get("adapter_arrays")
-            elif self.update_freq == EPOCH and found.replay is not None:
-                running = lora.load_running(self.backup_dir, found.replay)
-            internals.sync_model(self)
-            lora.unmerge(self._lora, self.backup_dir, running)
-        if self._average is not None:
-            self._engine()  # loads it now (an average made later, when made)
-        if self.update_freq == EPOCH and found.replay is not None:
-            self._act(found.replay, None, self._replayed_logs(found.replay))
-        elif found.replay is not None:
-            self._act(epoch if batch is not None else epoch - 1, found.replay, {})
-        elif (
-            batch is not None
-            and self.update_freq != EPOCH
-            and is_chief(internals.unsynced_model(self))
-        ):
-            # Keras trains this epoch again from its first batch: the state
-            # records where this fit's count starts.
-            self._save(epoch, self._step)
-
-    def _save(self, epoch: int, step: int | None) -> None:
-        average = self._engine()
-        arrays = [None] * len(average.variables)
-        if not average.empty:
-            arrays = [
-                None if dtype is None else array
-                for array, dtype in zip(average.numpy(), average.dtypes, strict=True)
-            ]
-        meta = {
-            "callback": type(self).__name__,
-            "config": self._config(),
-            "epoch": epoch,
-            "step": step,
-            "batches": self._step
-            if self.update_freq != EPOCH or self._steps_per_epoch()
-            else None,
-            "epoch_start": self._epoch_start,
-            "every": None if self.update_freq == EPOCH else self._every,
-            "count": average.count,
-            "signature": average.signature(),
-            "history": self.history,
-            **self._state_meta(),
-        }
-        backup = self._keras_backup
-        cadence = EPOCH if backup is None else backup.save_freq
-        double = backup is not None and backup.double_checkpoint
-        self._store.save(
-            arrays,
-            meta,
-            keep=lambda metas: retain(metas, cadence, double),
-            adapters=lora.adapters(self._lora),
-        )
-
-    def _check_state(self, meta: dict) -> None:
-        name = type(self).__name__
-        if meta["callback"] != name:
-            raise StateFileError(
-                f"{meta['path']} was written by {meta['callback']}, not by "
-                f"{name}: give each callback its own backup_dir."
-            )
-        saved, own = meta.get("config", {}), self._config()
-        differ = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
-        if differ:
-            then = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
-            now = ", ".join(f"{k}={own.get(k)!r}" for k in differ)
-            raise StateFileError(
-                f"{meta['path']} was written by {name}({then}), and this one has "
-                f"{now}: its decisions would not continue that run. It was left "
-                f"as it is: resume with the same arguments, or point backup_dir "
-                "elsewhere (or delete it) to start a new average."
-            )
-
-    def _check_signature(self, meta: dict) -> None:
-        if meta["signature"] != self._average.signature():
-            raise StateFileError(
-                f"{meta['path']} holds an average of other weights (other "
-                "model, shapes, dtypes, or other variables frozen) than the "
-                "ones this fit averages. It was left as it is: point "
-                "backup_dir elsewhere, or delete it to start afresh."
-            )
+        replay = self._state.pick(epoch)
+        if replay is not None:
+            self._act(*replay)
+        if self._finished():
+            self.model.stop_training = True  # trains nothing more
 
     # --- the end and the public API ------------------------------------------
 
@@ -582,6 +449,15 @@ class AveragingCallback(keras.callbacks.Callback):
         """
         self._require_average()
         model = self.model
+        if internals.spans_processes(model.weights):
+            raise RuntimeError(
+                "ensemble_weights() copies every weight to this process' "
+                "memory, and some are sharded across processes (a "
+                "ModelParallel layout that spans processes): call "
+                "apply_ensemble() on every process instead, then save the "
+                "model as the layout allows (model.save_weights on every "
+                "process, or a checkpointing library such as Orbax)."
+            )
         held = dict(
             zip(
                 (id(v) for v in self._average.variables),
