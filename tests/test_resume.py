@@ -7,7 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from scenarios import ADAM_LR, Crash, regression_data, regression_model
+from scenarios import Crash, compiled_model, regression_data, regression_model
 
 from keras_aswa import ASWA, SWA
 from keras_aswa.state import StateFileError, StateStore
@@ -19,7 +19,7 @@ EPOCHS = 4
 def run(tmp_path, make, crash=None, model=None, epochs=EPOCHS, x=X, y=Y, **fit_kw):
     """One command: a fresh model, Keras' backup, the callback `make(model)`."""
     model = model or regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     callback = make(model)
     callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / "keras")), callback]
     if crash is not None:
@@ -145,7 +145,7 @@ def test_auto_keeps_k_across_two_kills(tmp_path):
 
 def test_a_second_fit_from_epoch_1_records_no_epoch_0(tmp_path):
     model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     aswa = ASWA(backup_dir=str(tmp_path / "state"))
 
     def fit(**kw):
@@ -175,7 +175,7 @@ def test_only_the_chief_deletes_a_discarded_generation(tmp_path, monkeypatch):
 
     def command(crash):
         model = regression_model()
-        model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+        compiled_model(model)
         callbacks = [ASWA(backup_dir=state)]
         callbacks += [Crash(2)] if crash else []
         callbacks.append(keras.callbacks.BackupAndRestore(str(tmp_path / "keras")))
@@ -237,7 +237,7 @@ def test_keras_backup_reused_after_a_killed_fit_leaves_the_state_alone(tmp_path)
     state = str(tmp_path / "state")
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "keras"))
     model = regression_model()
-    model.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(model)
     fit_kw = dict(x=X, y=Y, batch_size=32, verbose=0, validation_data=(XV, YV))
     with pytest.raises(RuntimeError, match="preempted"):
         model.fit(
@@ -246,7 +246,7 @@ def test_keras_backup_reused_after_a_killed_fit_leaves_the_state_alone(tmp_path)
     StateStore(state).unlock()
     before = {n: os.path.getsize(os.path.join(state, n)) for n in os.listdir(state)}
     other = regression_model()
-    other.compile(keras.optimizers.Adam(ADAM_LR), "mse")
+    compiled_model(other)
     other.fit(epochs=3, callbacks=[backup], **fit_kw)
     after = {n: os.path.getsize(os.path.join(state, n)) for n in os.listdir(state)}
     assert after == before
