@@ -205,17 +205,15 @@ class AveragingCallback(keras.callbacks.Callback):
         self._last_batch = batch
         if self._every is None:
             self._every = self._choose_every()
-            if self._every is None:
-                return
         due = self._step // self._every > before // self._every
         if due or (
             self._last_check is not None and before < self._last_check <= self._step
         ):
             self._act(self._epoch, self._step, logs if logs is not None else {})
 
-    def _choose_every(self) -> int | None:
-        """`update_freq="auto"`: the batches between two checks, or None
-        while that cannot be chosen yet (called at every batch until then)."""
+    def _choose_every(self) -> int:
+        """The batches between two checks, at the first batch end of a fit
+        that could not set them before (a model built by its first batch)."""
         raise NotImplementedError
 
     def on_epoch_end(self, epoch, logs=None):
