@@ -725,7 +725,8 @@ def check_training_state_kept():
     """Evaluates inside `training_state_kept` at a batch end of a running fit
     (of an epoch of unknown length, where JAX's fit restores the variables
     from its trainer state); fit's history must be a plain fit's."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # a dataset of unknown length
+
     (x, y), (xv, yv) = regression_data()
     data = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True)
 
