@@ -20,8 +20,8 @@ A job (all keys but `workdir` optional):
   `"slot2"` (a callback at that place in the list of the two, at its
   `on_epoch_end`), `"slot0_batch"`, `"slot1_batch"`, `"slot2_batch"` (the
   same, at a training batch's end), `"batch"` (a training batch's end, before
-  every other callback), `"eval"` (inside an
-  evaluation by the averaging callback's scorer, after it ran), `"savez"`
+  every other callback), `"eval"` (inside a
+  scoring by the averaging callback's scorer, after it ran), `"savez"`
   (halfway through writing the state's temporary file), `"replace"` (just
   before the state writer's `os.replace`/`os.rename`), `"remove"` (just
   before a generation no longer needed is removed). Inside `on_train_end`
@@ -119,15 +119,20 @@ def _arm_patches(trigger, state_dir, slow_writes=0.0):
 
     from keras_aswa import scoring
 
-    for cls in (scoring.FitValidation, scoring.DataValidation):
-        original = cls.current
+    # fit's validation scores the provisional ensemble by evaluating it; the
+    # callback's own data scores both weight sets of a check in one call.
+    for cls, name in (
+        (scoring.FitValidation, "current"),
+        (scoring.DataValidation, "scores"),
+    ):
+        original = getattr(cls, name)
 
-        def current(self, model, _original=original):
-            score = _original(self, model)
+        def scored(self, *args, _original=original):
+            score = _original(self, *args)
             trigger.reach("eval")
             return score
 
-        cls.current = current
+        setattr(cls, name, scored)
 
     real_savez = np.savez
 

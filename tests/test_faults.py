@@ -206,7 +206,7 @@ def points(callback, update_freq):
     else:
         # A batch between two checks, and the first check's state write.
         found = [("batch", 3), ("savez", 1), ("replace", 1)]
-        evaluation = ("eval", 2)  # the provisional of the first check
+        evaluation = ("eval", 2)  # the check after the first, once scored
     return found + ([evaluation] if callback == "aswa" else [])
 
 

@@ -117,8 +117,7 @@ def test_best_score_of_the_wrong_type_is_refused(tmp_path):
 
 
 def test_auto_keeps_k_across_two_kills(tmp_path):
-    # A budget no check fits: N = one check an epoch, K = 8 of the 16
-    # validation batches, whatever the timings.
+    # A budget no check fits: K = 8 of the 16 validation batches.
     (x, y), (xv, yv) = regression_data(0, n_train=512, n_val=512)
     state = str(tmp_path / "state")
 
@@ -131,7 +130,7 @@ def test_auto_keeps_k_across_two_kills(tmp_path):
         )
 
     _, whole = run(tmp_path / "whole", make, x=x, y=y)  # clears state/ at its end
-    assert whole._chosen["validation_steps"] == 8
+    assert whole.cadence.validation_steps == 8
     for crash in (1, 2):
         with pytest.raises(RuntimeError, match="preempted"):
             run(tmp_path, make, crash=(crash,), x=x, y=y)
