@@ -115,11 +115,6 @@ class Batches:
                     lambda t: t if t is None else ops.convert_to_tensor(t), batch
                 )
 
-    @property
-    def kept(self) -> bool:
-        """Whether the batches stay on the device (else drawn at each check)."""
-        return self._kept is not None
-
     def __iter__(self):
         return iter(self._kept) if self._kept is not None else self._drawn()
 

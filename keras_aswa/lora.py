@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ from keras import ops
 from keras_aswa import internals, kernels
 from keras_aswa.state import LORA_BASES as BASES
 from keras_aswa.state import LORA_RUNNING as RUNNING
-from keras_aswa.state import StateFileError, damaged, write_npz
+from keras_aswa.state import UNREADABLE, StateFileError, damaged, write_npz
 
 
 @dataclass
@@ -155,14 +154,7 @@ def _read(path: str) -> tuple[dict, list]:
             arrays = [data[n] for n in names]
     except StateFileError:
         raise
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as e:
+    except UNREADABLE as e:
         raise damaged(
             path, f"{type(e).__name__}: {e}; it may be truncated, or not a LoRA file"
         ) from None

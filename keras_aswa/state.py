@@ -53,6 +53,10 @@ EMPTY = {
 }
 
 
+# What numpy raises reading a truncated, damaged or foreign .npz file.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
 class StateFileError(ValueError):
     """A state file that cannot be used: unreadable, or from another run."""
 
@@ -510,14 +514,7 @@ def _read(path: str) -> tuple[list, dict]:
             meta["final_arrays"] = [data[f"f{i}"] for i in range(meta.get("final", 0))]
     except StateFileError:
         raise
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as e:
+    except UNREADABLE as e:
         raise _damaged(path, f"{type(e).__name__}: {e}; it may be truncated") from None
     signature = meta["signature"]
     if len(signature) != len(arrays) or any(

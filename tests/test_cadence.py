@@ -33,10 +33,9 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("given, expected", TABLE)
-def test_choose_by_the_table(given, expected):
+def chosen_by_the_rule(given):
     total, per_epoch, there, batch_size, samples, budget = given
-    chosen = choose(
+    return choose(
         total_steps=total,
         steps_per_epoch=per_epoch,
         validation_batches=there,
@@ -44,6 +43,12 @@ def test_choose_by_the_table(given, expected):
         validation_batch_size=samples,
         check_budget=budget,
     )
+
+
+@pytest.mark.parametrize("given, expected", TABLE)
+def test_choose_by_the_table(given, expected):
+    total, per_epoch, there, batch_size, samples, budget = given
+    chosen = chosen_by_the_rule(given)
     assert (chosen.every, chosen.validation_steps, chosen.checks) == expected
     n, k, _ = expected
     assert chosen.share == pytest.approx(cost(k, samples, batch_size) / n)
@@ -52,14 +57,7 @@ def test_choose_by_the_table(given, expected):
 @pytest.mark.parametrize("given, expected", TABLE)
 def test_the_rule_holds_its_promises(given, expected):
     total, per_epoch, there, batch_size, samples, budget = given
-    chosen = choose(
-        total_steps=total,
-        steps_per_epoch=per_epoch,
-        validation_batches=there,
-        batch_size=batch_size,
-        validation_batch_size=samples,
-        check_budget=budget,
-    )
+    chosen = chosen_by_the_rule(given)
     if total:  # the floor: 24 checks a fit at least, two an epoch
         assert chosen.checks >= min(24, total)
         assert chosen.every <= max(1, per_epoch // 2)
